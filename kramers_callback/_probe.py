@@ -1,0 +1,187 @@
+"""The probe-set loss as a function of one flat parameter vector.
+
+Every estimator works in the flat coordinates ``x`` of :class:`ProbeLoss`: the model's
+trainable parameters concatenated, optionally divided elementwise by a ``scale`` (the square
+root of a diagonal preconditioner, used for adaptive optimizers; see ``docs/theory.md``). With
+``θ = scale ⊙ x`` the loss, gradients and Hessian-vector products with respect to ``x`` are the
+preconditioned ones, so the estimators never need to know about preconditioning.
+
+The model is called through :func:`torch.func.functional_call`, so nothing is written into its
+parameters: evaluating the loss at ``θ₀ + s v`` leaves the model untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+"""``loss_fn(model, batch) -> Tensor[n]``: one loss per sample of the batch."""
+
+
+def move_batch(batch: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """Move every tensor of a (nested) batch to ``device``; floating tensors also to ``dtype``."""
+    if isinstance(batch, Tensor):
+        if dtype is not None and batch.is_floating_point():
+            return batch.to(device=device, dtype=dtype)
+        return batch.to(device=device)
+    if isinstance(batch, dict):
+        return {k: move_batch(v, device, dtype) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(move_batch(v, device, dtype) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_batch(v, device, dtype) for v in batch)
+    return batch
+
+
+def batch_size_of(batch: Any) -> int:
+    """The leading dimension of the first tensor found in a (nested) batch."""
+    if isinstance(batch, Tensor):
+        if batch.dim() == 0:
+            raise ValueError(f"batches must hold tensors with a batch dimension, got shape {tuple(batch.shape)}")
+        return int(batch.shape[0])
+    if isinstance(batch, dict):
+        items: Iterable[Any] = batch.values()
+    elif isinstance(batch, (list, tuple)):
+        items = batch
+    else:
+        items = ()
+    for item in items:
+        try:
+            return batch_size_of(item)
+        except TypeError:
+            continue
+    raise TypeError(f"batch holds no tensor: {type(batch).__name__}")
+
+
+def select_samples(batch: Any, index: Tensor | slice) -> Any:
+    """The samples ``index`` of every tensor in a (nested) batch."""
+    if isinstance(batch, Tensor):
+        return batch[index]
+    if isinstance(batch, dict):
+        return {k: select_samples(v, index) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(select_samples(v, index) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(select_samples(v, index) for v in batch)
+    return batch
+
+
+class _LossModule(nn.Module):
+    """Wraps ``loss_fn(model, batch)`` as a module so ``functional_call`` can swap parameters."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self._loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> Tensor:
+        return self._loss_fn(self.model, batch)
+
+
+class ProbeLoss:
+    """Per-sample and mean losses of a fixed probe set, as functions of flat coordinates ``x``.
+
+    Args:
+        model: the network; it must already be in the mode the estimate should use (eval).
+        loss_fn: ``loss_fn(model, batch) -> Tensor[n]``.
+        batches: the probe set, materialised once.
+        scale: optional positive ``Tensor[d]``; ``θ = scale ⊙ x``.
+        dtype: floating dtype of the estimate (defaults to the parameters' dtype, at least float32).
+
+    Attributes:
+        x0: the current point in ``x`` coordinates (a detached copy).
+        dim: number of trainable parameters ``d``.
+        num_samples: total probe samples ``n``.
+        num_forward: forward passes over a probe batch made so far (counted work).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Sequence[Any],
+        *,
+        scale: Tensor | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("model must have at least one parameter with requires_grad=True, got none")
+        self.names = [f"model.{n}" for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        first = named[0][1]
+        self.device = first.device
+        if dtype is None:
+            dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
+        self.dtype = dtype
+        self.module = _LossModule(model, loss_fn)
+        theta0 = torch.cat([p.detach().reshape(-1).to(dtype) for _, p in named])
+        self.scale = None if scale is None else scale.detach().to(device=self.device, dtype=dtype)
+        self.x0 = theta0 if self.scale is None else theta0 / self.scale
+        self.dim = int(self.x0.numel())
+        self.batches = [move_batch(b, self.device) for b in batches]
+        self.batch_sizes = [batch_size_of(b) for b in self.batches]
+        self.num_samples = int(sum(self.batch_sizes))
+        self.num_forward = 0
+        # Buffers stay those of the model; parameters outside the trainable set stay fixed.
+        self._frozen = {
+            f"model.{n}": p.detach().to(dtype) if p.is_floating_point() else p.detach()
+            for n, p in model.named_parameters()
+            if not p.requires_grad
+        }
+
+    # -- coordinates -------------------------------------------------------------------------
+    def theta(self, x: Tensor) -> Tensor:
+        """Flat parameters ``θ = scale ⊙ x``."""
+        return x if self.scale is None else x * self.scale
+
+    def unflatten(self, x: Tensor) -> dict[str, Tensor]:
+        """Parameter dictionary for ``functional_call`` at coordinates ``x``."""
+        flat = self.theta(x)
+        out = dict(self._frozen)
+        for name, shape, chunk in zip(self.names, self.shapes, flat.split(self.numels), strict=True):
+            out[name] = chunk.view(shape)
+        return out
+
+    # -- evaluations -------------------------------------------------------------------------
+    def per_sample_losses(self, x: Tensor, batch: Any) -> Tensor:
+        """``ℓ_i(x)`` for the samples of one batch, shape ``[n_b]``. One forward pass."""
+        self.num_forward += 1
+        return functional_call(self.module, self.unflatten(x), (batch,), strict=False)
+
+    def check_losses(self, losses: Tensor, batch: Any) -> Tensor:
+        """Raise a ``ValueError`` unless ``losses`` has shape ``[n]`` for this batch."""
+        n = batch_size_of(batch)
+        if not isinstance(losses, Tensor) or losses.shape != (n,):
+            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+            raise ValueError(
+                f"loss_fn must return per-sample losses of shape [{n}] (one per sample of the "
+                f"batch), got {shape}"
+            )
+        return losses
+
+    def mean_loss(self, x: Tensor) -> Tensor:
+        """The probe-set mean loss ``L(x)`` (differentiable). One forward pass per batch."""
+        total = torch.zeros((), device=self.device, dtype=self.dtype)
+        for batch in self.batches:
+            total = total + self.per_sample_losses(x, batch).to(self.dtype).sum()
+        return total / self.num_samples
+
+    def loss_along(self, direction: Tensor) -> Callable[[float], float]:
+        """``φ(s) = L(x₀ + s·direction)`` as a plain float function, without autograd."""
+
+        def phi(s: float) -> float:
+            with torch.no_grad():
+                return float(self.mean_loss(self.x0 + s * direction))
+
+        return phi
+
+    def batch_weights(self) -> list[float]:
+        """``n_b / n`` for each probe batch: the weights that turn batch means into the probe mean."""
+        return [b / self.num_samples for b in self.batch_sizes]
