@@ -1,0 +1,21 @@
+"""kramers-callback: Kramers escape rates that drive SGD's temperature, batch size and stop."""
+
+from kramers_callback.estimate import (
+    KramersEstimate,
+    NonFiniteLossError,
+    Pathway,
+    PathwayStatus,
+    estimate,
+)
+from kramers_callback.lr_scheduler import KramersAnnealingLR
+
+__all__ = [
+    "KramersAnnealingLR",
+    "KramersEstimate",
+    "NonFiniteLossError",
+    "Pathway",
+    "PathwayStatus",
+    "estimate",
+]
+
+__version__ = "0.1.0"

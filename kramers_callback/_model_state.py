@@ -19,7 +19,8 @@ from torch import nn
 def _rng_snapshot() -> dict:
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # The legacy global state is what user code draws from, so it is what must survive.
+        "numpy": np.random.get_state(),  # noqa: NPY002
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -29,7 +30,7 @@ def _rng_snapshot() -> dict:
 
 def _rng_restore(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])

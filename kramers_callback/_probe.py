@@ -42,7 +42,9 @@ def batch_size_of(batch: Any) -> int:
     """The leading dimension of the first tensor found in a (nested) batch."""
     if isinstance(batch, Tensor):
         if batch.dim() == 0:
-            raise ValueError(f"batches must hold tensors with a batch dimension, got shape {tuple(batch.shape)}")
+            raise ValueError(
+                f"batches must hold tensors with a batch dimension, got shape {tuple(batch.shape)}"
+            )
         return int(batch.shape[0])
     if isinstance(batch, dict):
         items: Iterable[Any] = batch.values()
@@ -111,7 +113,9 @@ class ProbeLoss:
     ) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
-            raise ValueError("model must have at least one parameter with requires_grad=True, got none")
+            raise ValueError(
+                "model must have at least one parameter with requires_grad=True, got none"
+            )
         self.names = [f"model.{n}" for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
@@ -145,7 +149,9 @@ class ProbeLoss:
         """Parameter dictionary for ``functional_call`` at coordinates ``x``."""
         flat = self.theta(x)
         out = dict(self._frozen)
-        for name, shape, chunk in zip(self.names, self.shapes, flat.split(self.numels), strict=True):
+        for name, shape, chunk in zip(
+            self.names, self.shapes, flat.split(self.numels), strict=True
+        ):
             out[name] = chunk.view(shape)
         return out
 
@@ -183,5 +189,52 @@ class ProbeLoss:
         return phi
 
     def batch_weights(self) -> list[float]:
-        """``n_b / n`` for each probe batch: the weights that turn batch means into the probe mean."""
+        """``n_b / n`` per probe batch: the weights that turn batch means into the probe mean."""
         return [b / self.num_samples for b in self.batch_sizes]
+
+
+def map_leaves(batch: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn`` applied to every leaf of a (nested) batch, keeping its containers.
+
+    Containers are those :func:`select_samples` walks (dict, namedtuple, list, tuple); anything
+    else, tensor or not, is a leaf.
+    """
+    if isinstance(batch, dict):
+        return {k: map_leaves(v, fn) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(map_leaves(v, fn) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(map_leaves(v, fn) for v in batch)
+    return fn(batch)
+
+
+def concat_batches(batches: Sequence[Any]) -> Any:
+    """One batch holding the samples of ``batches`` in order (undoes :func:`select_samples` splits).
+
+    Tensors are concatenated along the batch dimension; a non-tensor leaf (which
+    :func:`select_samples` leaves unchanged) is taken from the first batch.
+    Cost: one copy of the samples.
+    """
+    if len(batches) == 0:
+        raise ValueError("batches must be a non-empty sequence of batches, got an empty sequence")
+    first = batches[0]
+    if len(batches) == 1:
+        return first
+    if isinstance(first, Tensor):
+        try:
+            return torch.cat(list(batches))
+        except (RuntimeError, TypeError) as err:
+            shapes = [
+                tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__ for b in batches
+            ]
+            raise ValueError(
+                "batches must hold tensors that agree beyond the batch dimension, got shapes "
+                f"{shapes}"
+            ) from err
+    if isinstance(first, dict):
+        return {k: concat_batches([b[k] for b in batches]) for k in first}
+    if isinstance(first, tuple) and hasattr(first, "_fields"):
+        return type(first)(*(concat_batches([b[i] for b in batches]) for i in range(len(first))))
+    if isinstance(first, (list, tuple)):
+        return type(first)(concat_batches([b[i] for b in batches]) for i in range(len(first)))
+    return first

@@ -43,7 +43,13 @@ def check_non_negative(name: str, value: Any, *, allow_inf: bool = False) -> flo
 
 
 def check_in_range(
-    name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
 ) -> float:
     """``low ≤ value ≤ high``, with either end optionally open."""
     rule = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"

@@ -1,0 +1,192 @@
+r"""Extreme eigenpairs of a symmetric operator: thick-restart Lanczos with stored products.
+
+The solver keeps an orthonormal basis ``V`` and the products ``HV``; after every product it
+extracts Ritz pairs (:mod:`.rayleigh_ritz`) and tests the *exact* residual of each wanted pair,
+so it stops as soon as the tolerance is met (ARPACK tests only after a full ``ncv``-step
+factorisation) and its ``residual_norms`` cost no extra product. The basis grows by the
+residual of the first unconverged wanted Ritz pair:
+
+.. math::
+
+    v_{m+1} \propto (I - V^\top V)\,(H u_j - \theta_j u_j) .
+
+All Ritz residuals of a Krylov space are parallel to the Lanczos residual, so from one start
+vector this *is* Lanczos with full reorthogonalisation (Parlett 1998, ch. 13), computed by
+Rayleigh–Ritz rather than by the three-term recurrence. When the basis is full it is
+thick-restarted on the Ritz vectors nearest the wanted end (Wu & Simon 2000, "Thick-restart
+Lanczos method for large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22(2)),
+which keeps the Krylov structure.
+
+Warm start: the start vector is the sum of an orthonormal basis of the previous eigenvectors.
+If they are exact, ``K_k(H, Σ u_i) = span(u_1 … u_k)`` and ``k`` products suffice; if the
+Hessian has moved, Lanczos starts with most of its weight on the wanted subspace. Measured on
+a perturbed spectrum and on an MLP between SGD steps this beats both a cold start and a
+Davidson-style start from the whole block (Rayleigh–Ritz on the ``k`` old vectors, then one
+residual at a time), which spends ``k`` products before it can filter anything.
+
+Compared with ``scipy.sparse.linalg.eigsh`` (ARPACK) and ``lobpcg`` on the same operators
+(``benchmarks/bench_eigen_warm_start.py``): at equal residual tolerance it uses as few or fewer
+products, cold and warm, and unlike them it reports exact residuals at no extra product.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from kramers_callback.curvature._random import resolve_generator, standard_normal
+from kramers_callback.curvature.hvp import CurvatureOperator, check_block
+from kramers_callback.curvature.rayleigh_ritz import (
+    converged_mask,
+    convergence_floor,
+    residual_norms,
+    ritz_decomposition,
+    ritz_pairs,
+)
+from kramers_callback.curvature.results import EigenResult
+
+MIN_BASIS = 20
+"""Basis size (like ARPACK's default ``ncv``): ``max(MIN_BASIS, 2k + 1)``, at most ``d``."""
+
+
+def check_eigen_arguments(op: CurvatureOperator, k: int, tol: float, max_products: int) -> None:
+    """``1 ≤ k ≤ d``, ``tol > 0`` finite, ``max_products ≥ k``."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= op.dim:
+        raise ValueError(f"k must be an integer in [1, {op.dim}] (the dimension), got {k!r}")
+    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool)) or not (
+        math.isfinite(tol) and tol > 0
+    ):
+        raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
+    if isinstance(max_products, bool) or not isinstance(max_products, int) or max_products < k:
+        raise ValueError(f"max_products must be an integer ≥ k = {k}, got {max_products!r}")
+
+
+class _Basis:
+    """An orthonormal basis ``V`` (rows), its products ``HV`` and ``T = V H Vᵀ``, grown one
+    product at a time."""
+
+    def __init__(self, op: CurvatureOperator, capacity: int) -> None:
+        self.op = op
+        self.capacity = capacity
+        self.V = torch.empty(0, op.dim, dtype=op.dtype, device=op.device)
+        self.HV = torch.empty_like(self.V)
+        self.T = torch.empty(0, 0, dtype=torch.float64, device=op.device)
+        # Below this fraction of its length a vector lies in span(V) up to round-off.
+        self._dependent = math.sqrt(torch.finfo(op.dtype).eps)
+
+    def __len__(self) -> int:
+        return int(self.V.shape[0])
+
+    def orthogonalize(self, w: Tensor) -> Tensor | None:
+        """``w`` made orthonormal to ``V`` (two Gram–Schmidt passes), or ``None`` if dependent."""
+        norm0 = torch.linalg.vector_norm(w)
+        if not bool(torch.isfinite(norm0)) or float(norm0) == 0.0:
+            return None
+        for _ in range(2):  # "twice is enough" (Giraud et al. 2005) for full orthogonality
+            if len(self):
+                w = w - self.V.T @ (self.V @ w)
+        norm = torch.linalg.vector_norm(w)
+        if float(norm) <= self._dependent * float(norm0):
+            return None
+        return w / norm
+
+    def append(self, v: Tensor) -> None:
+        """Add a unit vector ``v ⟂ V`` and its product (one product)."""
+        hv = self.op.matvec(v)
+        # T's new column from both sides, averaged: symmetric to round-off whatever the order.
+        t = ((self.V @ hv).double() + (self.HV @ v).double()) / 2
+        tvv = (v @ hv).double().reshape(1)
+        self.T = torch.cat(
+            [torch.cat([self.T, t[:, None]], dim=1), torch.cat([t, tvv])[None, :]], dim=0
+        )
+        self.V = torch.cat([self.V, v[None]])
+        self.HV = torch.cat([self.HV, hv[None]])
+
+    def restart(self, C: Tensor, theta: Tensor) -> None:
+        """Replace the basis by the Ritz vectors with coefficient columns ``C`` (no product)."""
+        self.V, self.HV = ritz_pairs(self.V, self.HV, C)
+        self.T = torch.diag(theta)
+
+
+def warm_start_vector(init: Tensor) -> Tensor:
+    """The sum of an orthonormal basis of ``span(init rows)``: one start vector with equal
+    weight on every previous eigenvector, whatever their signs and scales."""
+    if float(torch.linalg.matrix_norm(init)) == 0.0:
+        return init[0]  # all zeros: the caller falls back to a random start
+    Q, _ = torch.linalg.qr(init.T)
+    return Q.sum(dim=1)
+
+
+def extreme_eigenpairs(
+    op: CurvatureOperator,
+    k: int,
+    *,
+    largest: bool,
+    init: Tensor | None = None,
+    tol: float = 1e-3,
+    max_products: int = 300,
+    generator: torch.Generator | None = None,
+    basis_size: int | None = None,
+) -> EigenResult:
+    """The ``k`` algebraically largest (``largest=True``) or smallest eigenpairs of ``op``.
+
+    See the module docstring for the method. ``init`` (``Tensor[k', d]``, e.g. the previous
+    eigenvectors) gives the start vector (:func:`warm_start_vector`); without it an ``N(0, I)``
+    vector from ``generator`` does. Eigenvalues come back descending
+    when ``largest``, ascending otherwise. Cost: at most ``max_products`` products; memory
+    ``2 · basis_size · d`` (basis and products).
+    """
+    check_eigen_arguments(op, k, tol, max_products)
+    generator = resolve_generator(generator)
+    capacity = min(op.dim, basis_size if basis_size is not None else max(MIN_BASIS, 2 * k + 1))
+    capacity = max(capacity, min(op.dim, 2 * k))
+    keep = min(capacity - 1, k + max(1, (capacity - k) // 2))
+    start = op.num_products
+    basis = _Basis(op, capacity)
+
+    def budget_left() -> int:
+        return max_products - (op.num_products - start)
+
+    def add(w: Tensor) -> bool:
+        v = basis.orthogonalize(w.to(device=op.device, dtype=op.dtype))
+        if v is None:
+            return False
+        basis.append(v)
+        return True
+
+    if init is not None:
+        add(warm_start_vector(check_block("init", init, op.dim)))
+    while len(basis) == 0:  # no init, or an init of zeros
+        add(standard_normal((op.dim,), generator, op.dtype, op.device))
+
+    while True:
+        theta, C = ritz_decomposition(basis.T)
+        order = torch.argsort(theta, descending=largest)
+        wanted = order[:k]
+        U, HU = ritz_pairs(basis.V, basis.HV, C[:, wanted])
+        residuals = residual_norms(U, HU, theta[wanted])
+        floor = convergence_floor(theta, op.dtype)
+        ok = converged_mask(theta[wanted], residuals, tol, floor)
+        done = len(wanted) == k and bool(ok.all())
+        complete = len(basis) == op.dim  # exact Rayleigh–Ritz: nothing left to add
+        if done or complete or budget_left() <= 0:
+            U = U / torch.linalg.vector_norm(U, dim=1, keepdim=True)
+            return EigenResult(
+                eigenvalues=theta[wanted].to(op.dtype),
+                eigenvectors=U,
+                converged=len(wanted) == k and bool(ok.all()),
+                num_products=op.num_products - start,
+                residual_norms=residuals.to(op.dtype),
+            )
+        if len(basis) == capacity:
+            basis.restart(C[:, order[:keep]], theta[order[:keep]])
+        unconverged = (~ok).nonzero().flatten()
+        grown = False
+        if len(unconverged):
+            j = int(unconverged[0])
+            grown = add(HU[j] - theta[wanted][j].to(op.dtype) * U[j])
+        # An invariant subspace was found: continue from a fresh direction.
+        while not grown and budget_left() > 0:
+            grown = add(standard_normal((op.dim,), generator, op.dtype, op.device))

@@ -1,0 +1,172 @@
+"""Hutchinson trace: exact cases, convergence, the |trace| stopping rule (float64)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+import torch
+from torch import nn
+
+from kramers_callback._probe import ProbeLoss
+from kramers_callback.curvature import HessianOperator, hutchinson_trace
+from kramers_callback.curvature.trace import hutchinson_should_stop, mean_and_stderr
+
+
+class DenseOperator:
+    """A symmetric matrix as a counted operator: the estimators only see ``matvec``."""
+
+    def __init__(self, A: torch.Tensor) -> None:
+        self.A = A
+        self.dim = A.shape[0]
+        self.dtype = A.dtype
+        self.device = A.device
+        self.num_products = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.num_products += 1
+        return self.A @ v
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.num_products += len(V)
+        return V @ self.A
+
+
+def chosen_spectrum(eigenvalues: list[float], seed: int = 0) -> torch.Tensor:
+    """``A = Q diag(λ) Qᵀ`` with a random orthogonal ``Q``."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(eigenvalues)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return Q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ Q.T
+
+
+def quadratic_probe(A: torch.Tensor) -> ProbeLoss:
+    """``ℓ_i(x) = ½ xᵀAx`` for every sample, two probe batches: ``H = A`` exactly."""
+
+    class Point(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.x = nn.Parameter(torch.linspace(-1, 1, A.shape[0], dtype=torch.float64))
+
+    def loss_fn(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model.x @ A @ model.x) * torch.ones(len(batch), dtype=torch.float64)
+
+    batches = [torch.zeros(3, 1), torch.zeros(5, 1)]
+    return ProbeLoss(Point(), loss_fn, batches)
+
+
+def hutchinson_variance(A: torch.Tensor) -> float:
+    """``Var[zᵀAz] = 2(‖A‖_F² − Σ A_jj²)`` for Rademacher ``z`` (Hutchinson 1990)."""
+    return float(2 * ((A**2).sum() - (torch.diagonal(A) ** 2).sum()))
+
+
+def test_diagonal_hessian_is_exact_after_the_minimum_samples() -> None:
+    # Rademacher probes see a diagonal matrix without error: zᵀDz = tr D for every z.
+    A = torch.diag(torch.tensor([3.0, -1.0, 0.5, 2.0], dtype=torch.float64))
+    result = hutchinson_trace(HessianOperator(quadratic_probe(A)), min_samples=5)
+    assert result.value == pytest.approx(4.5, abs=1e-12)
+    assert result.stderr == pytest.approx(0.0, abs=1e-12)
+    assert result.converged
+    assert result.num_samples == result.num_products == 5
+
+
+def test_converges_to_the_dense_trace_of_a_rotated_quadratic() -> None:
+    A = chosen_spectrum([4.0, 3.0, 2.0, 1.0, 0.5, -0.5, 0.25, 0.1])
+    op = HessianOperator(quadratic_probe(A))
+    result = hutchinson_trace(op, tol=0.02, max_samples=5000, generator=torch.Generator())
+    exact = float(torch.trace(A))
+    assert result.converged
+    assert result.stderr <= 0.02 * abs(result.value)
+    assert abs(result.value - exact) <= 4 * result.stderr
+    assert result.num_products == result.num_samples
+
+
+def test_error_shrinks_with_samples() -> None:
+    A = chosen_spectrum([5.0, 2.0, 1.0, 1.0, -0.5, 0.3], seed=1)
+    exact = float(torch.trace(A))
+
+    def mean_abs_error(n: int) -> float:
+        errors = []
+        for seed in range(40):
+            op = DenseOperator(A)
+            g = torch.Generator().manual_seed(seed)
+            r = hutchinson_trace(op, tol=1e-12, min_samples=n, max_samples=n, generator=g)
+            assert r.num_samples == n and not r.converged
+            errors.append(abs(r.value - exact))
+        return statistics.fmean(errors)
+
+    e_small, e_large = mean_abs_error(16), mean_abs_error(256)
+    # The standard error scales as n^{-1/2}: 16x the samples should give about 1/4 the error.
+    assert e_large < 0.5 * e_small
+
+
+def test_stderr_matches_the_rademacher_variance_formula() -> None:
+    A = chosen_spectrum([3.0, -2.0, 1.5, 0.5, 0.2], seed=2)
+    n = 4000
+    r = hutchinson_trace(DenseOperator(A), tol=1e-12, min_samples=n, max_samples=n)
+    assert r.stderr**2 * n == pytest.approx(hutchinson_variance(A), rel=0.1)
+
+
+def test_negative_trace_does_not_stop_after_two_samples() -> None:
+    # pyhessian 0.1 divides by the signed running mean: with tr H < 0 its test passes at once.
+    A = chosen_spectrum([-4.0, -3.0, -2.0, 1.0, -1.0, 0.5], seed=3)
+    exact = float(torch.trace(A))
+    assert exact < 0
+    op = HessianOperator(quadratic_probe(A))
+    r = hutchinson_trace(op, tol=0.05, min_samples=2, max_samples=3000)
+    assert r.num_samples > 2
+    assert r.converged
+    assert r.stderr <= 0.05 * abs(r.value)
+    assert abs(r.value - exact) <= 4 * r.stderr
+
+
+def test_max_samples_ends_unconverged_and_honest() -> None:
+    A = chosen_spectrum([1.0, -1.0, 1.0, -1.0, 0.01])  # trace ≈ 0: a relative target is far off
+    r = hutchinson_trace(DenseOperator(A), tol=1e-3, max_samples=30)
+    assert not r.converged
+    assert r.num_samples == r.num_products == 30
+    assert r.stderr > 1e-3 * abs(r.value)
+
+
+def test_deterministic_given_the_generator_and_global_rng_untouched() -> None:
+    A = chosen_spectrum([2.0, 1.0, 0.5])
+    state = torch.get_rng_state()
+    a = hutchinson_trace(DenseOperator(A), generator=torch.Generator().manual_seed(7))
+    b = hutchinson_trace(DenseOperator(A), generator=torch.Generator().manual_seed(7))
+    c = hutchinson_trace(DenseOperator(A), generator=torch.Generator().manual_seed(8))
+    assert a == b
+    assert a.value != c.value
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_budget_below_min_samples_is_all_used() -> None:
+    A = torch.diag(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    r = hutchinson_trace(DenseOperator(A), min_samples=10, max_samples=3)
+    assert r.num_samples == 3 and r.converged and r.value == pytest.approx(3.0)
+
+
+def test_mean_and_stderr_against_statistics() -> None:
+    samples = [1.0, 4.0, -2.0, 3.5, 0.25]
+    mean, stderr = mean_and_stderr(samples)
+    assert mean == pytest.approx(statistics.fmean(samples))
+    assert stderr == pytest.approx(statistics.stdev(samples) / math.sqrt(5))
+    assert mean_and_stderr([2.0]) == (2.0, math.inf)
+
+
+def test_stopping_rule_uses_the_magnitude_of_the_mean() -> None:
+    assert hutchinson_should_stop(-10.0, 0.05, 10, 0.01, 10)
+    assert not hutchinson_should_stop(-10.0, 0.2, 10, 0.01, 10)
+    assert not hutchinson_should_stop(-10.0, 0.05, 9, 0.01, 10)
+
+
+def test_bad_arguments_raise_value_errors() -> None:
+    op = DenseOperator(torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"tol must be a finite number > 0, got 0"):
+        hutchinson_trace(op, tol=0)
+    with pytest.raises(ValueError, match=r"min_samples must be an integer ≥ 2, got 1"):
+        hutchinson_trace(op, min_samples=1)
+    with pytest.raises(ValueError, match=r"max_samples must be an integer ≥ 2, got 1"):
+        hutchinson_trace(op, max_samples=1)
+    with pytest.raises(ValueError, match=r"generator must be a torch.Generator or None, got 3"):
+        hutchinson_trace(op, generator=3)  # type: ignore[arg-type]
