@@ -19,10 +19,11 @@ which keeps the Krylov structure.
 
 Warm start: the start vector is the sum of an orthonormal basis of the previous eigenvectors.
 If they are exact, ``K_k(H, Σ u_i) = span(u_1 … u_k)`` and ``k`` products suffice; if the
-Hessian has moved, Lanczos starts with most of its weight on the wanted subspace. Measured on
-a perturbed spectrum and on an MLP between SGD steps this beats both a cold start and a
-Davidson-style start from the whole block (Rayleigh–Ritz on the ``k`` old vectors, then one
-residual at a time), which spends ``k`` products before it can filter anything.
+Hessian has moved, Lanczos starts with most of its weight on the wanted subspace. In
+development measurements (a perturbed chosen spectrum, and the MLP of the benchmark) this used
+fewer products than a Davidson-style start from the whole block (Rayleigh–Ritz on the ``k``
+old vectors, then one residual at a time, or all ``k`` residuals at a time), which spends
+``k`` products before it filters anything and then refines the pairs one after another.
 
 Compared with ``scipy.sparse.linalg.eigsh`` (ARPACK) and ``lobpcg`` on the same operators
 (``benchmarks/bench_eigen_warm_start.py``): at equal residual tolerance it uses as few or fewer

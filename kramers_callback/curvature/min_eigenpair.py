@@ -16,8 +16,10 @@ def check_upper_bound(upper_bound: float | None) -> float | None:
     """``None`` or a finite number."""
     if upper_bound is None:
         return None
-    if isinstance(upper_bound, bool) or not isinstance(upper_bound, (int, float)) or not (
-        math.isfinite(upper_bound)
+    if (
+        isinstance(upper_bound, bool)
+        or not isinstance(upper_bound, (int, float))
+        or not (math.isfinite(upper_bound))
     ):
         raise ValueError(f"upper_bound must be a finite number or None, got {upper_bound!r}")
     return float(upper_bound)

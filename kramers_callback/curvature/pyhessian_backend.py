@@ -216,9 +216,9 @@ def pyhessian_top_eigenpairs(
 
     Source: Yao et al. (2020), "PyHessian: Neural networks through the lens of the Hessian",
     ``hessian.eigenvalues``. ``λ_i`` are the Rayleigh quotients of the returned vectors.
-    Warm start: PyHessian cannot take start vectors, so with ``init`` (at least ``k`` rows) the
-    native Lanczos runs first for ``k'`` products from them and is returned if it converged
-    (exact previous eigenvectors do); otherwise PyHessian runs as if cold.
+    Warm start: PyHessian cannot take start vectors, so with ``init`` (``k' ≥ k`` rows) the
+    native Lanczos runs first for ``min(k', max_products − 2k)`` products from them and is
+    returned if it converged (exact previous eigenvectors do); otherwise PyHessian runs cold.
     Assumptions: power iteration ranks by ``|λ|``; a negative Rayleigh quotient triggers a
     second run on ``H − σI`` (``σ`` = the most negative one), which ranks by ``λ``.
 
@@ -230,9 +230,13 @@ def pyhessian_top_eigenpairs(
         raise ValueError(f"max_products must be an integer ≥ 2k = {2 * k}, got {max_products!r}")
     generator = resolve_generator(generator)
     start = op.num_products
-    if init is not None and len(check_block("init", init, op.dim)) >= k:
+    # The warm check leaves PyHessian at least 2k products: k power steps and k residuals.
+    warm_budget = (
+        min(len(check_block("init", init, op.dim)), max_products - 2 * k) if init is not None else 0
+    )
+    if warm_budget >= k:
         warm = extreme_eigenpairs(
-            op, k, largest=True, init=init, tol=tol, max_products=len(init), generator=generator
+            op, k, largest=True, init=init, tol=tol, max_products=warm_budget, generator=generator
         )
         if warm.converged:
             return warm
@@ -259,8 +263,7 @@ def pyhessian_top_eigenpairs(
         if ranked_by_value:
             break
         shift = float(theta.min())
-    if result is None:
-        raise ValueError(f"max_products must be an integer ≥ 2k = {2 * k}, got {max_products!r}")
+    assert result is not None  # the first pass always has 2k products left
     return result
 
 
@@ -321,10 +324,9 @@ def pyhessian_min_eigenpair(
                 residual_norms=residuals.to(op.dtype),
             )
         c = mu
-    if init is not None:
+    v = standard_normal((op.dim,), generator, op.dtype, op.device)
+    if init is not None and float(torch.linalg.vector_norm(init[0])) > 0:
         v = init[0].detach().to(device=op.device, dtype=op.dtype)
-    else:
-        v = standard_normal((op.dim,), generator, op.dtype, op.device)
     v = v / torch.linalg.vector_norm(v)
     floor = convergence_floor(torch.tensor([c]), op.dtype)
     theta_v, residual = math.nan, math.inf
@@ -427,4 +429,3 @@ class PyHessianCurvature:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
