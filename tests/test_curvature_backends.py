@@ -107,8 +107,9 @@ def test_warm_start_from_exact_eigenvectors(backend: str, mlp: tuple) -> None:
     with make_curvature(backend, probe) as curvature:
         warm = curvature.top_eigenpairs(3, init=evecs.flip(1)[:, :3].T.contiguous())
         cold = curvature.top_eigenpairs(3, max_products=BUDGET[backend])
-    assert warm.converged and warm.num_products == 3
-    assert cold.num_products >= 4 * warm.num_products
+    # k products span the init, one more looks outside it (an invariant span may be stale).
+    assert warm.converged and warm.num_products == 4
+    assert cold.num_products >= 3 * warm.num_products
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -121,7 +122,9 @@ def test_min_warm_start_from_the_exact_eigenvector(backend: str, mlp: tuple) -> 
             upper_bound=float(evals[-1]),
             max_products=BUDGET[backend],
         )
-    assert warm.converged and warm.num_products == 1
+    # Lanczos spends one product outside the init's span; power iteration (pyhessian) cannot
+    # leave an exact eigenvector, so it stops after one.
+    assert warm.converged and warm.num_products == (2 if backend == "native" else 1)
     assert zeros.converged  # an all-zero start falls back to a random one
     assert float(zeros.eigenvalues[0]) == pytest.approx(float(evals[0]), rel=1e-3)
 

@@ -157,8 +157,17 @@ def extreme_eigenpairs(
         basis.append(v)
         return True
 
+    # A warm start spanning an invariant subspace (exact eigenvectors, which need not be the
+    # top ones any more) would pass the residual test without ever seeing the rest of the
+    # spectrum: convergence only counts once the basis has left the span of ``init`` (the
+    # invariant case then adds a random direction). This catches a stale start whenever the
+    # random direction's Rayleigh quotient beats it; a stale start just below the true top
+    # can still be accepted, as with any residual test.
+    init_rank = 0
     if init is not None:
-        add(warm_start_vector(check_block("init", init, op.dim)))
+        block = check_block("init", init, op.dim)
+        init_rank = min(block.shape[0], op.dim)
+        add(warm_start_vector(block))
     while len(basis) == 0:  # no init, or an init of zeros
         add(standard_normal((op.dim,), generator, op.dtype, op.device))
 
@@ -170,7 +179,7 @@ def extreme_eigenpairs(
         residuals = residual_norms(U, HU, theta[wanted])
         floor = convergence_floor(theta, op.dtype)
         ok = converged_mask(theta[wanted], residuals, tol, floor)
-        done = len(wanted) == k and bool(ok.all())
+        done = len(wanted) == k and bool(ok.all()) and len(basis) > init_rank
         complete = len(basis) == op.dim  # exact Rayleigh–Ritz: nothing left to add
         if done or complete or budget_left() <= 0:
             U = U / torch.linalg.vector_norm(U, dim=1, keepdim=True)

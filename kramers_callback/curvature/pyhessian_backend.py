@@ -231,8 +231,11 @@ def pyhessian_top_eigenpairs(
     generator = resolve_generator(generator)
     start = op.num_products
     # The warm check leaves PyHessian at least 2k products: k power steps and k residuals.
+    # One product beyond the init's rank lets Lanczos look outside a stale invariant span.
     warm_budget = (
-        min(len(check_block("init", init, op.dim)), max_products - 2 * k) if init is not None else 0
+        min(len(check_block("init", init, op.dim)) + 1, max_products - 2 * k)
+        if init is not None
+        else 0
     )
     if warm_budget >= k:
         warm = extreme_eigenpairs(

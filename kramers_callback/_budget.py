@@ -1,0 +1,248 @@
+"""Overhead budget: when to estimate, and how large an estimate to make, from counted work.
+
+Pure logic (issue item 5): no clock is read. Both training and estimation are counted in the
+same unit, **sample-passes** (one forward pass of one sample), so two runs from the same seed
+space their estimates identically, whatever the machine's load.
+
+Accounting model (standard FLOP bookkeeping: a backward pass costs about two forward passes,
+Kaplan et al. 2020, "Scaling laws", ``C ≈ 6N`` per token for training vs ``2N`` for a forward):
+
+- a training step on ``B`` samples: ``3 B`` (forward + backward);
+- an estimate on ``n`` probe samples in ``b`` batches: ``HVP_PASSES · n`` per Hessian-vector
+  product (a double backward through the retained gradient graph, "about two forward-backward
+  passes", :class:`~kramers_callback.curvature.hvp.HessianOperator`), ``n / b`` per forward
+  pass over one probe batch, plus ``GRADIENT_PASSES · n`` once for the backward passes of the
+  gradient graph and of the per-sample noise gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kramers_callback._validation import check_non_negative, check_positive, check_positive_int
+
+TRAIN_PASSES = 3.0
+"""Sample-passes per training sample: one forward and one backward (≈ two forwards)."""
+HVP_PASSES = 6.0
+"""Sample-passes per probe sample and Hessian-vector product (≈ two forward-backward passes)."""
+GRADIENT_PASSES = 4.0
+"""Sample-passes per probe sample for the two backward passes every estimate makes."""
+MIN_PROBE = 32
+MIN_PRODUCTS = 30
+MIN_SCAN_EVALS = 20
+MIN_TRACE_SAMPLES = 10
+
+
+@dataclass(frozen=True)
+class EstimateSize:
+    """The knobs of :func:`kramers_callback.estimate` that set its cost."""
+
+    probe_size: int
+    probe_batch_size: int
+    top_k: int
+    max_products: int
+    compute_trace: bool
+    max_trace_samples: int
+    max_scan_evals: int
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.probe_size / self.probe_batch_size)
+
+    def bound(self) -> float:
+        r"""Most sample-passes an estimate of this size can use.
+
+        .. math::
+
+            W \le n\Big(\text{HVP}\,(2 p + k + 1 + s_{\text{tr}}) + \text{GRAD}\Big)
+                 + \frac{n}{b}\, b\,\big(2 + (2k + 2)(e + 1)\big)
+
+        with ``p`` products per eigensolve (top and bottom), ``k`` top eigenpairs (plus one
+        Rayleigh quotient per direction), ``s_tr`` Hutchinson samples, ``e`` evaluations per
+        line scan over ``2k + 2`` directions (one more for the noise along each). Cost: O(1).
+        """
+        n = self.probe_size
+        trace = self.max_trace_samples if self.compute_trace else 0
+        products = 2 * self.max_products + self.top_k + 1 + trace
+        directions = 2 * self.top_k + 2
+        forwards_per_batch = 2 + directions * (self.max_scan_evals + 1)
+        return n * (HVP_PASSES * products + GRADIENT_PASSES) + n * forwards_per_batch
+
+    def shrunk(self) -> EstimateSize:
+        """One step down the ladder: half the probe, one fewer eigenpair, half the products and
+        scan evaluations, no trace (it is logged, never used by a decision); floors at ``MIN_*``."""
+        probe = max(min(self.probe_size, MIN_PROBE), self.probe_size // 2)
+        return replace(
+            self,
+            probe_size=probe,
+            probe_batch_size=min(self.probe_batch_size, probe),
+            top_k=max(1, self.top_k - 1),
+            max_products=max(min(self.max_products, MIN_PRODUCTS), self.max_products // 2),
+            compute_trace=False,
+            max_trace_samples=max(
+                min(self.max_trace_samples, MIN_TRACE_SAMPLES), self.max_trace_samples // 2
+            ),
+            max_scan_evals=max(min(self.max_scan_evals, MIN_SCAN_EVALS), self.max_scan_evals // 2),
+        )
+
+    def ladder(self) -> list[EstimateSize]:
+        """This size, then every distinct :meth:`shrunk` step down to the floor."""
+        sizes = [self]
+        while (smaller := sizes[-1].shrunk()) != sizes[-1]:
+            sizes.append(smaller)
+        return sizes
+
+
+def check_budget(name: str, value: Any) -> float:
+    """``value > 0``, finite or ``inf`` (no limit)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == math.inf:
+        return math.inf
+    try:
+        return check_positive(name, value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number > 0 (inf: no limit), got {value!r}") from None
+
+
+def training_work(samples: int) -> float:
+    """Sample-passes of training on ``samples`` samples: ``3·samples``."""
+    return TRAIN_PASSES * samples
+
+
+def estimate_work(*, num_hvp: int, num_forward: int, num_samples: int, num_batches: int) -> float:
+    r"""Counted sample-passes of one estimate.
+
+    .. math::
+
+        W = n\,(\text{HVP}\cdot h + \text{GRAD}) + f\,\frac{n}{b}
+
+    with ``h`` Hessian-vector products, ``f`` forward passes over a probe batch, ``n`` probe
+    samples in ``b`` batches (as :class:`~kramers_callback.estimate.KramersEstimate` reports
+    them). Cost: O(1).
+    """
+    n = num_samples
+    return n * (HVP_PASSES * num_hvp + GRADIENT_PASSES) + num_forward * n / max(num_batches, 1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do at one candidate point."""
+
+    run: bool
+    size: EstimateSize
+    level: int
+    predicted_work: float
+    credit: float
+    reason: str
+
+
+class OverheadBudget:
+    r"""Spaces and sizes estimates so that their counted work stays within a fraction of training.
+
+    .. math::
+
+        \text{credit} = \beta \sum W_{\text{train}} - \sum W_{\text{estimate}},
+        \qquad \text{run} \iff \text{credit} \ge \hat W(\text{size})
+
+    with ``β`` the ``overhead_budget``. At each candidate point (an epoch end) the size is the
+    largest on the :meth:`EstimateSize.ladder` whose predicted work fits one epoch's share
+    ``β·W_epoch``, else the smallest; the estimate runs when the credit covers it, and is
+    deferred (with the reason) otherwise. The prediction is the size's :meth:`bound` times the
+    ratio actual/bound of the previous estimate (warm starts make estimates much cheaper than
+    their bound; the first prediction is the bound itself). Everything is counted, nothing is
+    timed, so the schedule is deterministic. ``β = inf`` estimates at full size every time.
+
+    Args:
+        overhead_budget: ``β > 0`` (``inf`` allowed).
+        full_size: the user's estimate size, the top of the ladder.
+
+    Cost: O(ladder length) per plan.
+    """
+
+    def __init__(self, overhead_budget: float, full_size: EstimateSize) -> None:
+        self.overhead_budget = check_budget("overhead_budget", overhead_budget)
+        self.sizes = full_size.ladder()
+        self.credit = 0.0
+        self.efficiency = 1.0
+        """Actual/bound work of the previous estimate."""
+        self.training_work = 0.0
+        self.estimate_work = 0.0
+        self.num_estimates = 0
+        self.num_deferred = 0
+
+    @property
+    def unlimited(self) -> bool:
+        return math.isinf(self.overhead_budget)
+
+    def add_training(self, samples: int) -> None:
+        """Count ``samples`` trained on (call once per optimizer step or batch)."""
+        work = training_work(samples)
+        self.training_work += work
+        self.credit += self.overhead_budget * work if not self.unlimited else 0.0
+
+    def predicted(self, size: EstimateSize) -> float:
+        return size.bound() * self.efficiency
+
+    def plan(self, *, epoch_samples: int) -> Plan:
+        """Decide at a candidate point, for an epoch of ``epoch_samples`` training samples."""
+        check_positive_int("epoch_samples", epoch_samples)
+        if self.unlimited:
+            size = self.sizes[0]
+            return Plan(True, size, 0, self.predicted(size), math.inf, "unlimited budget")
+        share = self.overhead_budget * training_work(epoch_samples)
+        level = next(
+            (i for i, s in enumerate(self.sizes) if self.predicted(s) <= share),
+            len(self.sizes) - 1,
+        )
+        size = self.sizes[level]
+        predicted = self.predicted(size)
+        if self.credit >= predicted:
+            return Plan(True, size, level, predicted, self.credit, "within budget")
+        missing = predicted - self.credit
+        epochs = missing / share if share > 0 else math.inf
+        reason = (
+            f"its predicted work, {predicted:.3g} sample-passes (size level {level}: probe "
+            f"{size.probe_size}, top_k {size.top_k}), exceeds the overhead credit "
+            f"{self.credit:.3g} (overhead_budget={self.overhead_budget:g} of the training work "
+            f"so far, minus earlier estimates); about {math.ceil(epochs)} more epoch(s) of "
+            "training will pay for it"
+        )
+        return Plan(False, size, level, predicted, self.credit, reason)
+
+    def record(self, plan: Plan, actual_work: float) -> None:
+        """Account an estimate made under ``plan`` that used ``actual_work`` sample-passes."""
+        actual_work = check_non_negative("actual_work", actual_work)
+        self.num_estimates += 1
+        self.estimate_work += actual_work
+        if not self.unlimited:
+            self.credit -= actual_work
+        bound = plan.size.bound()
+        if bound > 0:
+            self.efficiency = min(1.0, max(actual_work / bound, 1e-3))
+
+    def defer(self) -> None:
+        self.num_deferred += 1
+
+    @property
+    def overhead(self) -> float:
+        """Counted estimate work as a fraction of counted training work so far."""
+        return self.estimate_work / self.training_work if self.training_work > 0 else math.nan
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "credit": self.credit,
+            "efficiency": self.efficiency,
+            "training_work": self.training_work,
+            "estimate_work": self.estimate_work,
+            "num_estimates": self.num_estimates,
+            "num_deferred": self.num_deferred,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.credit = float(state.get("credit", 0.0))
+        self.efficiency = float(state.get("efficiency", 1.0))
+        self.training_work = float(state.get("training_work", 0.0))
+        self.estimate_work = float(state.get("estimate_work", 0.0))
+        self.num_estimates = int(state.get("num_estimates", 0))
+        self.num_deferred = int(state.get("num_deferred", 0))

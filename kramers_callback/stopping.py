@@ -1,0 +1,149 @@
+"""Termination: stop when too few escapes are expected in the remaining budget (seed 000 6.3).
+
+Pure logic: no Lightning. The callback feeds one check per estimate and turns the answer into
+``trainer.should_stop`` through ``trainer.strategy.reduce_boolean_decision``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any
+
+from kramers_callback._validation import check_choice, check_non_negative, check_positive_int
+from kramers_callback.kramers import should_stop
+
+__all__ = ["StopReason", "TerminationRule"]
+
+
+class StopReason(enum.Enum):
+    """Why the callback stopped training (kept in its state as ``.value``)."""
+
+    NOT_STOPPED = "not_stopped"
+    ESCAPES_EXHAUSTED = "escapes_exhausted"
+    """``k·R·c < 1`` held for ``patience`` consecutive checks, at or after ``min_epochs``, and
+    (with a monitor) the monitored metric did not improve at any of them."""
+
+
+class TerminationRule:
+    r"""Seed 000 section 6.3's stopping rule with SPEC 5's guards.
+
+    .. math::
+
+        \text{condition} \iff k_{\text{total}}\,R\,c < 1
+
+    with ``k_total`` the escape rate per step, ``R`` the remaining steps and ``c ≥ 0`` the
+    compute-cost weight (:func:`kramers_callback.kramers.should_stop`; ``c = 0`` never stops).
+    Guards: training stops only when the condition (and, with a monitor, "the monitored value
+    did not improve by more than ``min_delta`` on its best so far") has held at ``patience``
+    consecutive checks, and only once ``min_epochs`` epochs are complete. A check without a
+    monitored value (validation did not run) counts as "still improving": it never stops.
+
+    Args:
+        compute_cost: ``c ≥ 0``.
+        min_epochs: completed epochs before any stop (``≥ 0``).
+        patience: consecutive checks the condition must hold (``≥ 1``).
+        min_delta: the smallest change of the monitored value that counts as improvement.
+        mode: ``"min"`` (lower is better) or ``"max"``.
+        use_monitor: whether checks carry a monitored value.
+
+    Attributes:
+        wait_count: consecutive checks at which the condition held.
+        best: best monitored value so far (``None`` before the first).
+        reason: a :class:`StopReason`; ``stopped_epoch`` the epoch of the stop (or ``None``).
+
+    Cost: O(1) per check.
+    """
+
+    def __init__(
+        self,
+        *,
+        compute_cost: float,
+        min_epochs: int = 0,
+        patience: int = 1,
+        min_delta: float = 0.0,
+        mode: str = "min",
+        use_monitor: bool = False,
+    ) -> None:
+        self.compute_cost = check_non_negative("compute_cost", compute_cost)
+        self.min_epochs = check_positive_int("min_epochs", min_epochs, minimum=0)
+        self.patience = check_positive_int("patience", patience)
+        self.min_delta = check_non_negative("min_delta", min_delta)
+        self.mode = check_choice("mode", mode, ("min", "max"))
+        self.use_monitor = bool(use_monitor)
+        self.wait_count = 0
+        self.best: float | None = None
+        self.reason = StopReason.NOT_STOPPED
+        self.stopped_epoch: int | None = None
+        self.message: str | None = None
+
+    def _improved(self, value: float | None) -> bool:
+        """Whether ``value`` beats the best by more than ``min_delta`` (and record it)."""
+        if value is None or not math.isfinite(value):
+            # Missing: assume improvement, never stop on it. Non-finite: no improvement.
+            return value is None
+        if self.best is None:
+            self.best = value
+            return True
+        gain = (self.best - value) if self.mode == "min" else (value - self.best)
+        if gain > self.min_delta:
+            self.best = value
+            return True
+        return False
+
+    def check(
+        self,
+        *,
+        rate: float,
+        remaining_steps: float,
+        epochs_completed: int,
+        monitor_value: float | None = None,
+    ) -> bool:
+        """One check; ``True`` when training should stop now.
+
+        Args:
+            rate: ``k_total ≥ 0`` per step (``inf`` allowed).
+            remaining_steps: ``R``, steps left in the budget at the current batch size.
+            epochs_completed: epochs finished so far.
+            monitor_value: the monitored metric now (``None`` when unavailable); ignored
+                without ``use_monitor``.
+        """
+        condition = should_stop(
+            rate=rate, remaining_steps=remaining_steps, compute_cost=self.compute_cost
+        )
+        if self.use_monitor:
+            condition = (not self._improved(monitor_value)) and condition
+        self.wait_count = self.wait_count + 1 if condition else 0
+        if self.reason is not StopReason.NOT_STOPPED:
+            return True
+        if self.wait_count >= self.patience and epochs_completed >= self.min_epochs:
+            self.reason = StopReason.ESCAPES_EXHAUSTED
+            self.stopped_epoch = epochs_completed
+            expected = rate * max(remaining_steps, 0.0)
+            self.message = (
+                f"KramersCallback stopped training after {epochs_completed} epochs: "
+                f"{expected:.3g} escapes expected in the remaining {remaining_steps:.0f} steps "
+                f"(rate {rate:.3g}/step) is below 1/compute_cost = {1 / self.compute_cost:.3g} "
+                f"for {self.wait_count} consecutive estimates"
+                + (", and the monitored metric stopped improving" if self.use_monitor else "")
+            )
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain Python values only (loads under ``torch.load(weights_only=True)``)."""
+        return {
+            "wait_count": self.wait_count,
+            "best": self.best,
+            "reason": self.reason.value,
+            "stopped_epoch": self.stopped_epoch,
+            "message": self.message,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.wait_count = int(state.get("wait_count", 0))
+        best = state.get("best")
+        self.best = None if best is None else float(best)
+        self.reason = StopReason(state.get("reason", StopReason.NOT_STOPPED.value))
+        self.stopped_epoch = state.get("stopped_epoch")
+        self.message = state.get("message")

@@ -1,0 +1,247 @@
+"""KramersCallback decisions on the double well: batch mechanisms, LR, resume, faults, stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from lightning_helpers import (
+    BatchSizes,
+    BlobsData,
+    DoubleWellDataModule,
+    DoubleWellModule,
+    FaultyDoubleWell,
+    FixedDoubleWellData,
+    SplitDoubleWell,
+    StopAfter,
+    TinyClassifier,
+    flat_parameters,
+    trainer,
+)
+
+import kramers_callback.callback as callback_module
+from kramers_callback.callback import KramersCallback
+from kramers_callback.stopping import StopReason
+
+WELL = dict(
+    overhead_budget=math.inf,
+    probe_size=256,
+    probe_batch_size=256,
+    top_k=2,  # the whole 2-D space: a warm start then cannot miss an eigenvector
+    compute_trace=False,
+    max_products=60,
+    max_scan_evals=40,
+)
+SAMPLES = 800
+LR = 0.05  # hot enough that the 200-step budget wants cooling (τ·k ≈ 3 escapes)
+
+
+def fit_well(cb, *, epochs=4, module=None, data=None, callbacks=(), **trainer_kwargs):
+    pl.seed_everything(0)
+    module = module or DoubleWellModule(lr=LR)
+    data = data or DoubleWellDataModule(num_samples=SAMPLES, batch_size=16)
+    if epochs is not None:
+        trainer_kwargs["max_epochs"] = epochs
+    t = trainer(callbacks=[cb, *callbacks], **trainer_kwargs)
+    t.fit(module, datamodule=data)
+    return t, module, data
+
+
+def decisions(cb):
+    return [(h["epoch"], h["estimate"], h["reason"], h["lr"], h["batch_size"]) for h in cb.history]
+
+
+def test_hybrid_grows_the_loader_batch_then_lowers_the_lr():
+    cb = KramersCallback("hybrid", batch_max=20, **WELL)
+    sizes = BatchSizes()
+    t, _, data = fit_well(cb, callbacks=[sizes])
+    history = cb.history
+    assert any(h["reason"] == "cool" for h in history)
+    # The batch moves first; the learning rate only once the batch sits at batch_max.
+    assert any(h["batch_size"] == 20 and h["lr"] < LR for h in history)
+    assert all(h["batch_size"] == 20 for h in history if h["lr"] != LR)
+    assert all(16 <= h["batch_size"] <= 20 for h in history)
+    assert data.batch_size == history[-1]["batch_size"]
+    for epoch in range(1, len(history)):
+        # The loader was rebuilt with the decided size (the last batch may be partial).
+        assert set(sizes.batches[epoch][:-1]) == {history[epoch - 1]["batch_size"]}
+    assert t.optimizers[0].param_groups[0]["lr"] == history[-1]["lr"]
+
+
+def test_batch_policy_without_a_batch_size_attribute_uses_gradient_accumulation():
+    cb = KramersCallback("batch", **WELL)
+    sizes = BatchSizes()
+    t, _, _ = fit_well(cb, data=FixedDoubleWellData(num_samples=SAMPLES), callbacks=[sizes])
+    grown = [h for h in cb.history if h["batch_size"] != 16]
+    assert grown, "the cooling schedule must grow the batch"
+    assert all(h["batch_size"] % 16 == 0 and h["lr"] == LR for h in cb.history)
+    assert t.accumulate_grad_batches == cb.history[-1]["batch_size"] // 16
+    for epoch in range(1, len(cb.history)):
+        k = cb.history[epoch - 1]["batch_size"] // 16
+        assert set(sizes.batches[epoch]) == {16}  # the loader is untouched
+        assert sizes.steps[epoch] == math.ceil(SAMPLES / 16 / k)
+
+
+def test_lr_policy_scales_every_parameter_group_in_proportion():
+    cb = KramersCallback("lr", **WELL)
+    t, _, _ = fit_well(cb, module=SplitDoubleWell(lr=LR))
+    lrs = [g["lr"] for g in t.optimizers[0].param_groups]
+    assert lrs[0] != 0.02 and lrs[0] == pytest.approx(cb.history[-1]["lr"])
+    assert lrs[1] == pytest.approx(lrs[0] / 2, rel=1e-12)
+    assert all(h["batch_size"] == 16 for h in cb.history)
+
+
+def test_two_runs_from_one_seed_decide_alike_and_deferrals_are_logged(caplog):
+    def run():
+        cb = KramersCallback("hybrid", **dict(WELL, overhead_budget=5.0))
+        fit_well(cb, epochs=6)
+        return cb
+
+    with caplog.at_level(logging.INFO):
+        first = run()
+    deferred = [r.getMessage() for r in caplog.records if "deferred" in r.getMessage()]
+    second = run()
+    assert decisions(first) == decisions(second)
+    kinds = [h["estimate"] for h in first.history]
+    assert "deferred" in kinds and "ok" in kinds
+    # Between estimates the running two-batch noise estimate keeps the temperature current.
+    between = [h for h in first.history if h["estimate"] == "deferred"]
+    assert all(h["noise_source"] == "running" and h["temperature"] > 0 for h in between)
+    assert len(deferred) == kinds.count("deferred")
+    assert "exceeds the overhead credit" in deferred[0]
+    assert first.budget.overhead <= 5.0
+
+
+def test_resume_after_two_epochs_matches_an_uninterrupted_run(tmp_path):
+    uninterrupted = KramersCallback("hybrid", **WELL)
+    _, full_module, _ = fit_well(uninterrupted)
+
+    first = KramersCallback("hybrid", **WELL)
+    t, _, _ = fit_well(first, callbacks=[StopAfter(2)])
+    assert len(first.history) == 2
+    path = tmp_path / "two_epochs.ckpt"
+    t.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["callbacks"][first.state_key]
+    assert state["probe_indices"] == first.state_dict()["probe_indices"]
+
+    resumed = KramersCallback("hybrid", **WELL)
+    pl.seed_everything(123)  # the resumed run must not depend on the global seed
+    module, data = DoubleWellModule(lr=LR), DoubleWellDataModule(num_samples=SAMPLES)
+    t2 = trainer(callbacks=[resumed], max_epochs=4)
+    t2.fit(module, datamodule=data, ckpt_path=path)
+    assert decisions(resumed) == decisions(uninterrupted)
+    assert any(h["batch_size"] != 16 for h in resumed.history)
+    assert torch.equal(flat_parameters(module), flat_parameters(full_module))
+    assert data.batch_size == resumed.history[-1]["batch_size"]
+
+
+def test_state_dict_loads_with_weights_only():
+    cb = KramersCallback("hybrid", **WELL)
+    fit_well(cb, epochs=2)
+    buffer = io.BytesIO()
+    torch.save(cb.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    restored = KramersCallback("hybrid", **WELL)
+    restored.load_state_dict(state)
+    again = restored.state_dict()
+    assert repr(again["history"]) == repr(cb.state_dict()["history"])  # repr: nan == nan
+    assert torch.equal(again["warm_eigenvectors"], cb.state_dict()["warm_eigenvectors"])
+    # Missing keys fall back to defaults (a state from an older version).
+    KramersCallback().load_state_dict({})
+
+
+def test_non_finite_training_loss_keeps_the_last_good_settings():
+    cb = KramersCallback("hybrid", **WELL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t, _, _ = fit_well(cb, module=FaultyDoubleWell(nan_at_step=110, lr=LR), epochs=4)
+    assert t.current_epoch == 4  # training went on to the end
+    failed = next(i for i, h in enumerate(cb.history) if h["estimate"] == "non_finite")
+    messages = " ".join(str(w.message) for w in caught)
+    assert f"no estimate at epoch {failed}" in messages
+    assert "Keeping the last good settings" in messages
+    good = cb.history[failed - 1]
+    assert good["estimate"] == "ok" and good["batch_size"] != 16  # a decision was made before
+    for h in cb.history[failed:]:
+        assert h["estimate"] == "non_finite" and "non finite" in h["reason"]
+        assert (h["lr"], h["batch_size"]) == (good["lr"], good["batch_size"])
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "warning", "reason"),
+    [
+        (lambda e: dataclasses.replace(e, temperature=math.nan), "is not finite", "non finite"),
+        (
+            lambda e: dataclasses.replace(e, converged={**e.converged, "top": False}),
+            "did not converge (top eigensolver",
+            "not converged",
+        ),
+    ],
+)
+def test_a_bad_estimate_is_flagged_and_not_acted_on(monkeypatch, corrupt, warning, reason):
+    real = callback_module.run_estimate
+    calls = []
+
+    def second_is_bad(*args, **kwargs):
+        est = real(*args, **kwargs)
+        calls.append(est)
+        return corrupt(est) if len(calls) == 3 else est
+
+    monkeypatch.setattr(callback_module, "run_estimate", second_is_bad)
+    cb = KramersCallback("hybrid", **WELL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_well(cb, epochs=4)
+    assert any(warning in str(w.message) for w in caught)
+    _, before, bad, after = cb.history
+    assert reason in bad["reason"] and bad["metrics"]["kramers/converged"] == float(
+        "converged" not in reason
+    )
+    assert (bad["lr"], bad["batch_size"]) == (before["lr"], before["batch_size"])
+    assert after["estimate"] == "ok"
+
+
+def test_stop_rule_stops_once_with_its_reason(caplog):
+    # c = 1e-6: stop once fewer than 10⁶ escapes are expected in the remaining steps.
+    cb = KramersCallback("observe", compute_cost=1e-6, patience=2, **WELL)
+    with caplog.at_level(logging.INFO):
+        t, _, _ = fit_well(cb, epochs=6)
+    assert cb.stop_reason is StopReason.ESCAPES_EXHAUSTED
+    assert len(cb.history) == 2 and t.current_epoch == 2 and cb.history[-1]["stop"]
+    said = [r.getMessage() for r in caplog.records if "stopped training" in r.getMessage()]
+    assert len(said) == 1 and "for 2 consecutive estimates" in said[0]
+    assert cb.state_dict()["termination"]["reason"] == "escapes_exhausted"
+
+
+def test_stop_rule_waits_for_the_monitored_metric_to_stall():
+    cb = KramersCallback(
+        "observe",
+        compute_cost=1.0,
+        patience=2,
+        monitor="val_loss",
+        min_delta=100.0,  # after its first value, val_loss never "improves" by that much
+        **dict(WELL, probe_size=32, probe_batch_size=32),
+    )
+    pl.seed_everything(0)
+    t = trainer(callbacks=[cb], max_epochs=6, limit_val_batches=1.0)
+    t.fit(TinyClassifier(), datamodule=BlobsData())
+    # Check 1: first value (an improvement); checks 2 and 3: stalled → stop after epoch 3.
+    assert [h["stop"] for h in cb.history] == [False, False, True]
+    assert cb.stop_reason is StopReason.ESCAPES_EXHAUSTED
+
+
+def test_budget_from_max_steps_counts_remaining_steps():
+    cb = KramersCallback("hybrid", **WELL)
+    t, _, _ = fit_well(cb, epochs=None, max_steps=120)
+    assert t.global_step == 120
+    first = cb.history[0]
+    # 800 samples / 16 = 50 steps in the first epoch; max_steps leaves 70.
+    assert first["step"] == 50 and first["remaining_steps"] == 70
+    assert first["horizon"] == pytest.approx(120)

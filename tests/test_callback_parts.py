@@ -1,0 +1,73 @@
+"""The callback's plumbing: batch layouts and what it reads from and writes to the optimizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kramers_callback import _optimizer as optim_io
+from kramers_callback._batch_size import BatchLayout, BatchMechanism
+
+
+def test_loader_layout_moves_the_loader_batch():
+    layout = BatchLayout(BatchMechanism.LOADER, loader_batch=32, accumulation=2, world_size=4,
+                         multiple=8)
+    assert layout.samples_per_step == 256 and layout.unit == 64
+    grown = layout.with_samples(384)
+    assert (grown.loader_batch, grown.accumulation, grown.samples_per_step) == (48, 2, 384)
+    with pytest.raises(ValueError, match="samples_per_step must be a multiple of 64, got 100"):
+        layout.with_samples(100)
+
+
+def test_accumulation_layout_moves_the_accumulation_factor():
+    layout = BatchLayout(BatchMechanism.ACCUMULATION, loader_batch=16, accumulation=1,
+                         world_size=2)
+    assert layout.unit == 32
+    grown = layout.with_samples(96)
+    assert (grown.loader_batch, grown.accumulation, grown.samples_per_step) == (16, 3, 96)
+
+
+def test_optimizer_kinds_and_momentum():
+    params = [nn.Parameter(torch.zeros(3))]
+    assert optim_io.classify(torch.optim.SGD(params, lr=0.1)) == "sgd"
+    assert optim_io.classify(torch.optim.AdamW(params)) == "adaptive"
+    assert optim_io.classify(torch.optim.RMSprop(params)) is None
+    assert optim_io.momentum_of(torch.optim.SGD(params, lr=0.1)) == (0.0, 1.0)
+    sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.25)
+    assert optim_io.momentum_of(sgd) == (0.9, 0.75)
+    assert optim_io.momentum_of(torch.optim.Adam(params)) == (0.0, 1.0)
+
+
+def test_scale_lr_keeps_the_groups_in_proportion():
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.03}], lr=0.1)
+    optim_io.scale_lr(opt, 0.5)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.015])
+    assert optim_io.lr_of(opt) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_preconditioner_from_the_optimizer_state(amsgrad):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    params = optim_io.trainable_parameters(model)
+    opt = torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.99), eps=1e-6, amsgrad=amsgrad)
+    assert optim_io.preconditioner(opt, params) is None  # no state before the first step
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 3)).square().sum().backward()
+        opt.step()
+    expected = []
+    for p in params:
+        state = opt.state[p]
+        v = state["max_exp_avg_sq"] if amsgrad else state["exp_avg_sq"]
+        expected.append((1 / ((v / (1 - 0.99**3)).sqrt() + 1e-6)).reshape(-1))
+    assert torch.allclose(optim_io.preconditioner(opt, params), torch.cat(expected), rtol=1e-6)
+
+
+def test_flat_gradient_fills_missing_gradients_with_zeros():
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
+    a.grad = torch.tensor([1.0, 2.0])
+    flat = optim_io.flat_gradient([a, b], scale=torch.full((5,), 2.0))
+    assert flat.tolist() == [2.0, 4.0, 0.0, 0.0, 0.0]
