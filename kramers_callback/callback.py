@@ -942,12 +942,8 @@ class KramersCallback(Callback):
                 dataset_size=dataset_size,
             )
             now = target_fn(lr, batch)
-            if now is None:
-                reason = (
-                    "no annealing target (no pathway with a barrier, or τ·A ≤ 1: no temperature "
-                    "gives one escape in the budget)"
-                )
-            else:
+            # Without a target decide() still enforces the stability clamp on η.
+            if now is not None:
                 critical, target = now.critical_temperature, now.temperature
         if reason is None and loss_bad:
             reason = "non-finite training loss"
@@ -979,6 +975,11 @@ class KramersCallback(Callback):
                 dataset_size=dataset_size,
             )
             reason = decision.reason
+            if reason == "no_target":
+                reason = (
+                    "no annealing target (no pathway with a barrier, or τ·A ≤ 1: no temperature "
+                    "gives one escape in the budget)"
+                )
             record["limited_by"] = list(decision.limited_by)
             if self.policy is not Policy.OBSERVE and decision.changed:
                 new_lr, new_batch = decision.lr, decision.batch_size

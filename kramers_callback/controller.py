@@ -118,7 +118,8 @@ class Decision:
     """``T(lr, batch_size)`` at the new settings."""
     changed: bool
     reason: str
-    """``"observe"``, ``"on_target"``, ``"cool"``, ``"heat"`` or ``"non_finite"``."""
+    """``"observe"``, ``"on_target"``, ``"cool"``, ``"heat"``, ``"no_target"`` or
+    ``"non_finite"``."""
     limited_by: tuple[str, ...] = field(default=())
 
 
@@ -339,7 +340,31 @@ def decide(
         else (lambda _lr, _b, value=target_temperature: value)
     )
     current_target = float(target(lr, batch_size)) if _all_finite((lr,)) else math.nan
-    values = (current_target, lr, noise_trace, lambda_max, momentum)
+    measured = (lr, noise_trace, lambda_max, momentum)
+    if (
+        _all_finite(measured)
+        and lr > 0
+        and noise_trace > 0
+        and not (math.isfinite(current_target) and current_target > 0)
+    ):
+        # No target (no barrier within reach, or τ·A ≤ 1) is no reason to keep an unstable
+        # step size: the stability clamp still holds wherever the policy owns η.
+        new_lr = lr
+        if policy in (Policy.LR, Policy.HYBRID):
+            new_lr = min(
+                lr, math.nextafter(stability_limit(lambda_max=lambda_max, momentum=momentum), 0.0)
+            )
+        return Decision(
+            lr=new_lr,
+            batch_size=batch_size,
+            temperature=math.nan,
+            target_temperature=current_target,
+            predicted_temperature=math.nan,
+            changed=new_lr != lr,
+            reason="no_target",
+            limited_by=("stability",) if new_lr != lr else (),
+        )
+    values = (current_target, *measured)
     if not _all_finite(values) or not (current_target > 0 and lr > 0 and noise_trace > 0):
         return Decision(
             lr=lr,
@@ -452,9 +477,7 @@ def annealing_target(
     if not barriers:
         raise ValueError("barriers must hold at least one pathway with a barrier, got none")
     frequencies = [
-        float(
-            attempt_frequency(lr=lr, omega_0=math.sqrt(lam0), omega_b=math.sqrt(abs(lamb)))
-        )
+        float(attempt_frequency(lr=lr, omega_0=math.sqrt(lam0), omega_b=math.sqrt(abs(lamb))))
         for lam0, lamb in zip(curvatures, barrier_curvatures, strict=True)
     ]
     scale = critical_temperature_scale(

@@ -245,3 +245,32 @@ def test_budget_from_max_steps_counts_remaining_steps():
     # 800 samples / 16 = 50 steps in the first epoch; max_steps leaves 70.
     assert first["step"] == 50 and first["remaining_steps"] == 70
     assert first["horizon"] == pytest.approx(120)
+
+
+class _RaiseLrBeforeEstimate(pl.Callback):
+    """Sets an unstable η just before the Kramers callback's epoch-end hook (it runs first)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            for group in trainer.optimizers[0].param_groups:
+                group["lr"] = 0.5
+
+
+@pytest.mark.parametrize("policy", ["lr", "hybrid"])
+def test_without_a_target_the_stability_clamp_still_lowers_an_unstable_lr(policy):
+    # Almost no noise: every pathway is "no barrier within reach", so there is no annealing
+    # target. η = 0.5 is far above 2/λ_max ≈ 2/12 at the minimum and must come down anyway.
+    cb = KramersCallback(policy, **WELL)
+    quiet = DoubleWellDataModule(
+        num_samples=SAMPLES, batch_size=16, covariance=[[1e-4, 0.0], [0.0, 1e-4]]
+    )
+    pl.seed_everything(0)
+    module = DoubleWellModule(lr=LR)
+    trainer(callbacks=[_RaiseLrBeforeEstimate(), cb], max_epochs=2).fit(module, datamodule=quiet)
+    first = cb.history[0]
+    assert first["estimate"] == "ok" and first["lr_before"] == 0.5
+    assert "no annealing target" in first["reason"]
+    assert first["limited_by"] == ["stability"]
+    limit = 2.0 / first["metrics"]["kramers/lambda_max"]
+    assert first["lr"] == pytest.approx(limit, rel=1e-9) and first["lr"] < limit
+    assert math.isfinite(float(flat_parameters(module).abs().max()))

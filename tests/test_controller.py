@@ -144,8 +144,9 @@ def test_hybrid_cools_with_the_batch_first_then_the_lr():
     assert d.predicted_temperature == pytest.approx(t / 3, rel=1e-12)
     assert run("hybrid", target=t / 8, lam=0.01, lim=limits(batch_max=128)).lr == 0.05
     # Already at batch_max: only η moves.
-    d = run("hybrid", batch=128, target=temperature(0.1, 128) / 1.5, lam=0.01,
-            lim=limits(batch_max=128))
+    d = run(
+        "hybrid", batch=128, target=temperature(0.1, 128) / 1.5, lam=0.01, lim=limits(batch_max=128)
+    )
     assert d.batch_size == 128 and d.lr == pytest.approx(0.1 / 1.5)
 
 
@@ -155,19 +156,32 @@ def test_hybrid_heats_with_the_lr_first_then_the_batch():
     assert d.batch_size == 256 and d.lr == pytest.approx(0.15)
     d = run("hybrid", batch=256, target=t * 1.5, lam=0.01, lim=limits(lr_max=0.1))
     assert d.lr == 0.1
-    expected = min(
-        range(128, 264, 8), key=lambda b: abs(math.log(temperature(0.1, b) / (t * 1.5)))
-    )
+    expected = min(range(128, 264, 8), key=lambda b: abs(math.log(temperature(0.1, b) / (t * 1.5))))
     assert d.batch_size == expected < 256
     assert abs(expected - batch_for(t * 1.5, 0.1)) <= 8
+
+
+@pytest.mark.parametrize("target", [math.nan, math.inf, 0.0])
+def test_no_target_holds_but_keeps_the_stability_clamp(target):
+    # Stable η: nothing moves, whatever the policy.
+    for policy in ("lr", "batch", "hybrid"):
+        d = run(policy, target=target, lr=0.1, lam=1.0)
+        assert not d.changed and d.reason == "no_target"
+        assert (d.lr, d.batch_size) == (0.1, 64)
+    # η above 2(1+β)/λ_max: the policies that own η bring it just under the limit.
+    for policy in ("lr", "hybrid"):
+        d = run(policy, target=target, lr=0.1, lam=40.0, momentum=0.5)
+        assert d.changed and d.reason == "no_target" and d.limited_by == ("stability",)
+        assert d.lr < stability_limit(lambda_max=40.0, momentum=0.5) == pytest.approx(0.075)
+        assert d.lr == pytest.approx(0.075, rel=1e-12)
+        assert d.batch_size == 64
+    d = run("batch", target=target, lr=0.1, lam=40.0)
+    assert not d.changed and d.lr == 0.1
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        dict(target=math.nan),
-        dict(target=math.inf),
-        dict(target=0.0),
         dict(target=1e-3, lam=math.nan),
         dict(target=1e-3, lr=math.inf),
     ],
@@ -280,13 +294,21 @@ def test_annealing_target_refuses_when_no_escape_is_possible():
     common = dict(temperature=0.01, lr=1e-3, step=1.0)
     with pytest.raises(ValueError, match="barriers must hold at least one pathway"):
         annealing_target(
-            barriers=[], curvatures=[], barrier_curvatures=[], directional_temperatures=[],
-            horizon=10.0, **common,
+            barriers=[],
+            curvatures=[],
+            barrier_curvatures=[],
+            directional_temperatures=[],
+            horizon=10.0,
+            **common,
         )
     with pytest.raises(ValueError, match=r"horizon \* sum\(attempt_frequencies\) must be > 1"):
         annealing_target(
-            barriers=[1.0], curvatures=[1.0], barrier_curvatures=[-1.0],
-            directional_temperatures=[0.1], horizon=10.0, **common,
+            barriers=[1.0],
+            curvatures=[1.0],
+            barrier_curvatures=[-1.0],
+            directional_temperatures=[0.1],
+            horizon=10.0,
+            **common,
         )
 
 
@@ -298,14 +320,32 @@ def test_a_target_that_depends_on_the_knobs_is_solved_along_each():
         return c * math.sqrt(batch / 64) / math.sqrt(lr / 0.1)
 
     wide = limits(max_change=100.0, batch_max=N - 1)
-    d = decide("lr", target_temperature=target, lr=0.1, batch_size=64, noise_trace=NOISE,
-               dim=DIM, lambda_max=0.01, limits=wide, dataset_size=N)
+    d = decide(
+        "lr",
+        target_temperature=target,
+        lr=0.1,
+        batch_size=64,
+        noise_trace=NOISE,
+        dim=DIM,
+        lambda_max=0.01,
+        limits=wide,
+        dataset_size=N,
+    )
     # T(η, 64) = η·T(0.1, 64)/0.1 = c·√(0.1/η)  ⇒  η^{3/2} = c·0.1^{3/2}/T(0.1, 64).
     expected = 0.1 * (c / temperature(0.1, 64)) ** (2 / 3)
     assert d.lr == pytest.approx(expected, rel=1e-9)
     assert d.target_temperature == pytest.approx(c)
-    d = decide("batch", target_temperature=target, lr=0.1, batch_size=64, noise_trace=NOISE,
-               dim=DIM, lambda_max=0.01, limits=wide, dataset_size=N)
+    d = decide(
+        "batch",
+        target_temperature=target,
+        lr=0.1,
+        batch_size=64,
+        noise_trace=NOISE,
+        dim=DIM,
+        lambda_max=0.01,
+        limits=wide,
+        dataset_size=N,
+    )
     gaps = {b: abs(math.log(temperature(0.1, b) / target(0.1, b))) for b in range(8, N, 8)}
     assert d.batch_size == min(gaps, key=gaps.get)
     assert gaps[d.batch_size] < abs(math.log(3))
