@@ -76,7 +76,7 @@ KRAMERS_OPTIONS: dict[str, Any] = {
     "policy": "hybrid",
     "compute_cost": KRAMERS_COMPUTE_COST,
     # The default 5% overhead budget never pays for one estimate on these small data sets (an
-    # epoch of digits is 1 347 samples, the smallest estimate ~15 000 counted sample-passes),
+    # epoch of digits is 1 348 samples, the smallest estimate ~15 000 counted sample-passes),
     # so the callback would never act: estimate at full size at every epoch end instead and
     # report the cost (wall time, kramers/overhead).
     "overhead_budget": math.inf,
@@ -124,7 +124,7 @@ class DatasetConfig:
 
 
 DATASETS = {
-    # digits: 1 347 training images, 43 steps per epoch at B = 32.
+    # digits: 1 348 training images, 43 steps per epoch at B = 32.
     "digits": DatasetConfig("digits", epochs=20, lr=0.05, batch_size=32, momentum=0.9),
     # MNIST-1D: 4 000 training sequences, 125 steps per epoch at B = 32.
     "mnist1d": DatasetConfig("mnist1d", epochs=30, lr=0.05, batch_size=32, momentum=0.9),

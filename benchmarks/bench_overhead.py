@@ -1,7 +1,7 @@
 """Wall-time overhead of ``KramersCallback(policy="observe")`` on a small CNN on sklearn's digits.
 
-Trains :class:`~kramers_callback.examples.DigitsCNN` (9 834 parameters) with SGD (lr 0.1,
-batch 32) on :class:`~kramers_callback.examples.DigitsDataModule` (1 347 training images) for
+Trains :class:`~kramers_callback.examples.DigitsCNN` (9 802 parameters) with SGD (lr 0.1,
+batch 32) on :class:`~kramers_callback.examples.DigitsDataModule` (1 348 training images) for
 a fixed number of epochs, alternately without and with the callback (default arguments, so the
 default 5% overhead budget), from the same seed, in one process. Reports the median wall time
 of ``trainer.fit`` of each arm, their ratio (target ≤ 1.05), and the callback's own account:
