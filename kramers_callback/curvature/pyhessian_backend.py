@@ -49,9 +49,9 @@ from kramers_callback.curvature.hvp import (
 )
 from kramers_callback.curvature.krylov import check_eigen_arguments, extreme_eigenpairs
 from kramers_callback.curvature.min_eigenpair import as_init_block, check_upper_bound
+from kramers_callback.curvature.operator_backend import OperatorCurvature
 from kramers_callback.curvature.rayleigh_ritz import converged_mask, convergence_floor
-from kramers_callback.curvature.results import EigenResult, TraceResult
-from kramers_callback.curvature.trace import hutchinson_trace
+from kramers_callback.curvature.results import EigenResult
 
 # ``pyhessian.hessian`` the attribute is the class (its __init__ re-exports it over the module).
 _PYHESSIAN_MODULE = importlib.import_module("pyhessian.hessian")
@@ -357,78 +357,13 @@ def pyhessian_min_eigenpair(
     )
 
 
-class PyHessianCurvature:
-    """The ``"pyhessian"`` backend of :func:`.make_curvature` (see the module docstring)."""
+class PyHessianCurvature(OperatorCurvature):
+    """The ``"pyhessian"`` backend of :func:`.make_curvature` (see the module docstring): its
+    trace is :func:`.hutchinson_trace` on PyHessian's products, never ``hessian.trace()``."""
 
     name = "pyhessian"
+    solve_top = staticmethod(pyhessian_top_eigenpairs)
+    solve_min = staticmethod(pyhessian_min_eigenpair)
 
     def __init__(self, probe: ProbeLoss) -> None:
-        self.operator = PyHessianOperator(probe)
-        self.gradient = self.operator.gradient
-
-    @property
-    def num_products(self) -> int:
-        return self.operator.num_products
-
-    def top_eigenpairs(
-        self,
-        k: int,
-        *,
-        init: Tensor | None = None,
-        tol: float = 1e-3,
-        max_products: int = 300,
-        generator: torch.Generator | None = None,
-    ) -> EigenResult:
-        """See :func:`pyhessian_top_eigenpairs`."""
-        return pyhessian_top_eigenpairs(
-            self.operator, k, init=init, tol=tol, max_products=max_products, generator=generator
-        )
-
-    def min_eigenpair(
-        self,
-        *,
-        init: Tensor | None = None,
-        tol: float = 1e-3,
-        max_products: int = 300,
-        generator: torch.Generator | None = None,
-        upper_bound: float | None = None,
-    ) -> EigenResult:
-        """See :func:`pyhessian_min_eigenpair`."""
-        return pyhessian_min_eigenpair(
-            self.operator,
-            init=init,
-            tol=tol,
-            max_products=max_products,
-            generator=generator,
-            upper_bound=upper_bound,
-        )
-
-    def trace(
-        self,
-        *,
-        tol: float = 1e-2,
-        min_samples: int = 10,
-        max_samples: int = 200,
-        generator: torch.Generator | None = None,
-    ) -> TraceResult:
-        """:func:`.hutchinson_trace` on PyHessian's products (never ``hessian.trace()``)."""
-        return hutchinson_trace(
-            self.operator,
-            tol=tol,
-            min_samples=min_samples,
-            max_samples=max_samples,
-            generator=generator,
-        )
-
-    def quadratic_form(self, V: Tensor) -> Tensor:
-        """``[v_iᵀ H v_i]`` for the rows of ``V``; ``k`` products."""
-        return self.operator.quadratic_form(V)
-
-    def close(self) -> None:
-        self.operator.close()
-
-    def __enter__(self) -> PyHessianCurvature:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(PyHessianOperator(probe))
