@@ -147,7 +147,7 @@ def test_mnist1d_is_generated_offline(monkeypatch):
     assert random.getstate() == py_state
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state, strict=True))  # noqa: NPY002
     x, y = dm.train_set.tensors
-    xt, yt = dm.test_set.tensors
+    xt, yt = dm.val_set.tensors
     assert x.shape == (4000, 40) and xt.shape == (1000, 40)
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert set(y.tolist()) == set(range(10)) == set(yt.tolist())

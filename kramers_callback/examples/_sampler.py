@@ -1,4 +1,5 @@
-"""A shuffling sampler whose order depends only on ``(seed, epoch)``.
+"""A shuffling sampler whose order depends only on ``(seed, epoch)``, and the data-module base
+that uses it.
 
 Lightning calls ``set_epoch`` on a train sampler at the start of every epoch. Seeding each
 epoch's permutation from ``(seed, epoch)`` instead of drawing from one long-lived generator
@@ -12,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sized
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
-from torch.utils.data import RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from kramers_callback._validation import check_positive_int
 
@@ -48,3 +50,35 @@ class EpochSeededSampler(RandomSampler):
     def __iter__(self) -> Iterator[int]:
         self.generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         return super().__iter__()
+
+
+class SeededTensorDataModule(pl.LightningDataModule):
+    """Loaders over in-memory ``train_set`` / ``val_set`` that subclasses build in ``setup``.
+
+    ``batch_size`` is read each time :meth:`train_dataloader` is called (the Kramers callback
+    resizes batches by setting it and reloading), and the training order comes from
+    :class:`EpochSeededSampler`, so it survives resumes and reloads.
+    """
+
+    train_set: TensorDataset | None = None
+    val_set: TensorDataset | None = None
+
+    def __init__(self, batch_size: int, seed: int, eval_batch_size: int) -> None:
+        super().__init__()
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.seed = check_positive_int("seed", seed, minimum=0)
+        self.eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        assert self.train_set is not None
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=EpochSeededSampler(self.train_set, self.seed),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        assert self.val_set is not None
+        return DataLoader(self.val_set, batch_size=self.eval_batch_size)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from kramers_callback._validation import check_in_range, check_positive_int
-from kramers_callback.examples._sampler import EpochSeededSampler
+from kramers_callback._validation import check_in_range
+from kramers_callback.examples._sampler import SeededTensorDataModule
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DigitsDataModule(SeededTensorDataModule):
     """The 1 797 images of :func:`sklearn.datasets.load_digits`, split into train and validation.
 
     The split is a seeded random permutation; pixels are standardised with the training
@@ -39,15 +38,10 @@ class DigitsDataModule(pl.LightningDataModule):
         seed: int = 0,
         eval_batch_size: int = 512,
     ) -> None:
-        super().__init__()
-        self.batch_size = check_positive_int("batch_size", batch_size)
+        super().__init__(batch_size, seed, eval_batch_size)
         self.val_fraction = check_in_range(
             "val_fraction", val_fraction, 0.0, 1.0, low_open=True, high_open=True
         )
-        self.seed = check_positive_int("seed", seed, minimum=0)
-        self.eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -64,17 +58,3 @@ class DigitsDataModule(pl.LightningDataModule):
         x = (x - mean) / std
         self.train_set = TensorDataset(x[train_idx], y[train_idx])
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        assert self.train_set is not None
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=EpochSeededSampler(self.train_set, self.seed),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup("validate")
-        assert self.val_set is not None
-        return DataLoader(self.val_set, batch_size=self.eval_batch_size)

@@ -6,12 +6,10 @@ import functools
 import random
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from kramers_callback._validation import check_positive_int
-from kramers_callback.examples._sampler import EpochSeededSampler
+from kramers_callback.examples._sampler import SeededTensorDataModule
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,7 +35,7 @@ def _reference_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     return arrays
 
 
-class MNIST1DDataModule(pl.LightningDataModule):
+class MNIST1DDataModule(SeededTensorDataModule):
     """MNIST-1D (Greydanus & Steinbach 2020): 4 000 training and 1 000 test sequences of length 40.
 
     The data are the package's reference set (``get_dataset_args()``, generation seed 42),
@@ -58,12 +56,7 @@ class MNIST1DDataModule(pl.LightningDataModule):
     length = 40
 
     def __init__(self, batch_size: int = 100, seed: int = 0, eval_batch_size: int = 1000) -> None:
-        super().__init__()
-        self.batch_size = check_positive_int("batch_size", batch_size)
-        self.seed = check_positive_int("seed", seed, minimum=0)
-        self.eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
-        self.train_set: TensorDataset | None = None
-        self.test_set: TensorDataset | None = None
+        super().__init__(batch_size, seed, eval_batch_size)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -72,23 +65,9 @@ class MNIST1DDataModule(pl.LightningDataModule):
         self.train_set = TensorDataset(
             torch.tensor(x_train, dtype=torch.float32), torch.tensor(y_train, dtype=torch.int64)
         )
-        self.test_set = TensorDataset(
+        self.val_set = TensorDataset(
             torch.tensor(x_test, dtype=torch.float32), torch.tensor(y_test, dtype=torch.int64)
         )
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        assert self.train_set is not None
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=EpochSeededSampler(self.train_set, self.seed),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup("validate")
-        assert self.test_set is not None
-        return DataLoader(self.test_set, batch_size=self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
