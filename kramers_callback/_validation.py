@@ -25,6 +25,17 @@ def _as_float(name: str, value: Any, rule: str) -> float:
     return out
 
 
+def check_finite(name: str, value: Any) -> float:
+    """A finite real number of any sign."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = math.nan
+    if not math.isfinite(out):
+        _fail(name, "a finite number", value)
+    return out
+
+
 def check_positive(name: str, value: Any) -> float:
     """``value > 0`` and finite."""
     out = _as_float(name, value, "a finite number > 0")

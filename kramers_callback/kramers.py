@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from kramers_callback._validation import (
+    check_finite,
     check_non_negative,
     check_positive,
     check_positive_int,
@@ -136,16 +137,6 @@ def _check_at_least_one(name: str, value: Any) -> float:
         out = math.nan
     if not (out >= 1.0 and math.isfinite(out)):
         raise ValueError(f"{name} must be a finite number ≥ 1, got {value!r}")
-    return out
-
-
-def _check_finite(name: str, value: Any) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        out = math.nan
-    if not math.isfinite(out):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
     return out
 
 
@@ -720,7 +711,7 @@ def should_stop(*, rate: float, remaining_steps: float, compute_cost: float) -> 
     Cost: O(1).
     """
     rate = check_non_negative("rate", rate, allow_inf=True)
-    remaining_steps = _check_finite("remaining_steps", remaining_steps)
+    remaining_steps = check_finite("remaining_steps", remaining_steps)
     compute_cost = check_non_negative("compute_cost", compute_cost)
     if compute_cost == 0.0:
         return False

@@ -16,6 +16,7 @@ from typing import Any
 from scipy.optimize import minimize_scalar
 
 from kramers_callback._validation import (
+    check_finite,
     check_in_range,
     check_non_negative,
     check_positive,
@@ -102,17 +103,6 @@ class _CachedPhi:
 
     def profile(self) -> list[tuple[float, float]]:
         return sorted(self.values.items())
-
-
-def check_finite(name: str, value: Any) -> float:
-    """A finite real number (any sign); the message follows :mod:`kramers_callback._validation`."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        out = math.nan
-    if not math.isfinite(out):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return out
 
 
 def initial_step_for(*, temperature: float, curvature: float, default: float = 1e-3) -> float:

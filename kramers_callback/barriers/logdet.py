@@ -27,8 +27,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
-from kramers_callback._validation import check_non_negative, check_positive_int
-from kramers_callback.barriers.line_scan import check_finite
+from kramers_callback._validation import check_finite, check_non_negative, check_positive_int
 
 # Lanczos stops on an invariant subspace when β_j falls below this many ulps of ‖T‖.
 _BREAKDOWN_ULPS = 1e3
