@@ -209,9 +209,11 @@ class KramersCallback(Callback):
     escape rate, the progress bar): the estimate's numbers at an estimate; between
     estimates the decision's own (temperature, target, critical temperature, lr, batch size,
     noise scale). ``kramers/lr`` and ``kramers/batch_size`` are the settings after the
-    decision. Also ``kramers/converged``, ``kramers/estimate_work``, ``kramers/overhead`` and
-    ``kramers/estimates_deferred``. Under DDP every rank decides from rank 0's estimate
-    (broadcast) and the running noise estimate is a synced torchmetrics ``Metric``.
+    decision. Also ``kramers/converged`` (1 when the eigensolvers that decisions use
+    converged), ``kramers/trace_converged`` (the Hutchinson trace, which no decision uses),
+    ``kramers/estimate_work``, ``kramers/overhead`` and ``kramers/estimates_deferred``. Under
+    DDP every rank decides from rank 0's estimate (broadcast) and the running noise estimate is
+    a synced torchmetrics ``Metric``.
 
     Assumptions: one optimizer, automatic optimization, a map-style train dataset read by one
     DataLoader with a ``batch_size``, parameters replicated on every rank (no FSDP/DeepSpeed).
@@ -801,7 +803,7 @@ class KramersCallback(Callback):
             rank_zero_warn(
                 f"KramersCallback: the Hutchinson trace at epoch {epoch} did not converge within "
                 f"{size.max_trace_samples} samples; kramers/hessian_trace is rough (no decision "
-                "uses it; kramers/converged flags each estimate). Warned once."
+                "uses it; kramers/trace_converged flags each estimate). Warned once."
             )
         if self.verbose:
             rank_zero_info(
@@ -1031,7 +1033,13 @@ class KramersCallback(Callback):
                     "kramers/escape_time": fresh["escape_time"],
                     "kramers/expected_escapes": rate * remaining,
                     "kramers/estimate_seconds": fresh["seconds"],
-                    "kramers/converged": float(all(fresh.get("converged", {}).values())),
+                    # Only the solvers that decisions use; the trace is flagged on its own.
+                    "kramers/converged": float(
+                        all(fresh.get("converged", {}).get(k, True) for k in _DECISION_SOLVERS)
+                    ),
+                    "kramers/trace_converged": float(
+                        fresh.get("converged", {}).get("trace", True)
+                    ),
                     "kramers/estimate_work": float(self.budget.estimate_work),
                 }
             )

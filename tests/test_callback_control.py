@@ -274,3 +274,27 @@ def test_without_a_target_the_stability_clamp_still_lowers_an_unstable_lr(policy
     limit = 2.0 / first["metrics"]["kramers/lambda_max"]
     assert first["lr"] == pytest.approx(limit, rel=1e-9) and first["lr"] < limit
     assert math.isfinite(float(flat_parameters(module).abs().max()))
+
+
+def test_an_unconverged_trace_is_flagged_apart_and_does_not_block_decisions():
+    # Two Hutchinson samples cannot meet the 1% rule on an MLP's Hessian (on the double well
+    # the Hessian is diagonal and Rademacher probes are exact); the eigensolvers still
+    # converge, so the estimate counts as converged.
+    cb = KramersCallback(
+        "observe",
+        overhead_budget=math.inf,
+        probe_size=64,
+        top_k=1,
+        max_trace_samples=2,
+        max_scan_evals=10,
+    )
+    pl.seed_everything(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(callbacks=[cb], max_epochs=2).fit(TinyClassifier(), datamodule=BlobsData())
+    assert sum("Hutchinson trace" in str(w.message) for w in caught) == 1
+    first = cb.history[0]
+    assert first["estimate"] == "ok"
+    assert first["metrics"]["kramers/trace_converged"] == 0.0
+    assert first["metrics"]["kramers/converged"] == 1.0
+    assert math.isfinite(first["metrics"]["kramers/hessian_trace"])

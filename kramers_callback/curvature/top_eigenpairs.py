@@ -40,8 +40,9 @@ def top_eigenpairs(
     ``torch.Generator``; default: seeded with 0), which draws the start vector when ``init`` is
     ``None`` and fresh directions if an invariant subspace is hit.
 
-    Cost: at most ``max_products`` Hessian-vector products (typically 7–12 cold, fewer warm,
-    for ``k ≤ 3`` at ``tol = 1e-3``); memory ``2·max(20, 2k+1)·d`` numbers.
+    Cost: at most ``max_products`` Hessian-vector products (for ``k ≤ 3`` at ``tol = 1e-3``,
+    measured: 9–12 cold on a digits MLP and 10–16 on the digits CNN, a few fewer warm; see
+    ``benchmarks/RESULTS.md``); memory ``2·max(20, 2k+1)·d`` numbers.
     """
     return extreme_eigenpairs(
         op, k, largest=True, init=init, tol=tol, max_products=max_products, generator=generator
