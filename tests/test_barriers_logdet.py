@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference_problems import chosen_spectrum
 
 from kramers_callback.barriers import (
     PathwayStatus,
@@ -22,14 +23,6 @@ from kramers_callback.barriers import (
 )
 
 SQRT15 = math.sqrt(1.5)
-
-
-def rotated(eigenvalues, seed: int = 0) -> torch.Tensor:
-    """``Q diag(λ) Qᵀ`` with a random orthogonal ``Q``: dense, so probes have variance."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(eigenvalues)
-    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    return q @ torch.diag(torch.as_tensor(eigenvalues, dtype=torch.float64)) @ q.T
 
 
 def exact_logdet(eigenvalues) -> float:
@@ -52,7 +45,8 @@ def slq(matrix: torch.Tensor, *, seed: int, **kwargs):
 @pytest.mark.parametrize("spectrum", [SPD, INDEFINITE], ids=["spd", "indefinite"])
 def test_logdet_within_a_few_percent(spectrum):
     exact = exact_logdet(spectrum)
-    result = slq(rotated(spectrum), seed=1, num_probes=40, lanczos_steps=20)
+    matrix, _ = chosen_spectrum(spectrum)
+    result = slq(matrix, seed=1, num_probes=40, lanczos_steps=20)
     assert result.value == pytest.approx(exact, rel=0.05)
     assert abs(result.value - exact) < 4 * result.stderr
     assert result.num_products == 40 * 20
@@ -63,7 +57,7 @@ def test_logdet_within_a_few_percent(spectrum):
 def test_error_shrinks_with_more_probes(spectrum):
     # lanczos_steps = dim: the quadrature is exact, so only the Monte Carlo error is left,
     # whose root-mean-square over seeds falls like 1/√num_probes (expected ratio 4 here).
-    matrix = rotated(spectrum)
+    matrix, _ = chosen_spectrum(spectrum)
     exact = exact_logdet(spectrum)
 
     def rms_error(num_probes):
@@ -80,7 +74,7 @@ def test_error_shrinks_with_more_probes(spectrum):
 def test_quadrature_error_shrinks_with_more_lanczos_steps():
     # Same seed → same single probe z; its exact zᵀ log A z comes from lanczos_steps = dim.
     spectrum = torch.logspace(-1, 2, 80, dtype=torch.float64).tolist()
-    matrix = rotated(spectrum, seed=3)
+    matrix, _ = chosen_spectrum(spectrum, seed=3)
     exact_probe = slq(matrix, seed=7, num_probes=1, lanczos_steps=80)
     assert exact_probe.quadrature_change == 0.0
     errors = [
@@ -94,7 +88,7 @@ def test_quadrature_error_shrinks_with_more_lanczos_steps():
 def test_full_lanczos_reproduces_the_probe_quadratic_form():
     # With m = d the Gauss rule is exact: d·e₁ᵀ log|T| e₁ = zᵀ log|A| z, with log|A| from eigh.
     # The probe is read back from the first product: Lanczos starts at q₁ = z/‖z‖ = z/√d.
-    matrix = rotated(INDEFINITE, seed=2)
+    matrix, _ = chosen_spectrum(INDEFINITE, seed=2)
     seen = []
 
     def matvec(v):
@@ -121,7 +115,7 @@ def test_diagonal_matrix_is_exact_with_rademacher_probes():
 
 def test_products_are_counted_and_capped_at_dim():
     calls = 0
-    matrix = rotated(SPD[:12])
+    matrix, _ = chosen_spectrum(SPD[:12])
 
     def matvec(v):
         nonlocal calls
@@ -135,7 +129,8 @@ def test_products_are_counted_and_capped_at_dim():
 
 
 def test_single_probe_has_no_standard_error():
-    result = slq(rotated(SPD), seed=0, num_probes=1)
+    matrix, _ = chosen_spectrum(SPD)
+    result = slq(matrix, seed=0, num_probes=1)
     assert math.isnan(result.stderr)
     assert math.isfinite(result.value)
 
@@ -147,12 +142,13 @@ def test_global_rng_untouched():
 
 
 def test_seeded_runs_repeat():
-    matrix = rotated(SPD)
+    matrix, _ = chosen_spectrum(SPD)
     assert slq(matrix, seed=4, num_probes=5).value == slq(matrix, seed=4, num_probes=5).value
 
 
 def test_float32_vectors():
-    result = slq(rotated(SPD).float(), seed=1, num_probes=40, lanczos_steps=20, dtype=torch.float32)
+    matrix, _ = chosen_spectrum(SPD)
+    result = slq(matrix.float(), seed=1, num_probes=40, lanczos_steps=20, dtype=torch.float32)
     assert result.value == pytest.approx(exact_logdet(SPD), rel=0.05)
 
 

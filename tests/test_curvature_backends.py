@@ -6,53 +6,17 @@ import importlib
 
 import pytest
 import torch
-from torch import nn
+from reference_problems import (
+    chosen_spectrum,
+    dense_hessian,
+    quadratic_probe,
+    squared_error,
+    tiny_mlp,
+)
 
 from kramers_callback._probe import ProbeLoss
 from kramers_callback.curvature import BACKENDS, Curvature, make_curvature
 from kramers_callback.curvature.pyhessian_backend import PyHessianOperator
-
-
-def squared_error(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    inputs, targets = batch
-    return ((model(inputs) - targets) ** 2).sum(dim=1)
-
-
-def tiny_mlp(dtype: torch.dtype = torch.float64) -> tuple[nn.Module, list]:
-    """A 3-4-2 tanh MLP (26 parameters) away from a minimum, and two probe batches."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(dtype)
-    g = torch.Generator().manual_seed(0)
-    inputs = torch.randn(16, 3, generator=g, dtype=torch.float64).to(dtype)
-    targets = torch.randn(16, 2, generator=g, dtype=torch.float64).to(dtype)
-    return model, [(inputs[:8], targets[:8]), (inputs[8:], targets[8:])]
-
-
-def dense_hessian(probe: ProbeLoss) -> torch.Tensor:
-    # Same matrix as torch.func.hessian, without the forward-AD decompositions' warnings.
-    return torch.func.jacrev(torch.func.jacrev(probe.mean_loss))(probe.x0)
-
-
-def chosen_spectrum(eigenvalues: list[float], seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    n = len(eigenvalues)
-    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    return Q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ Q.T
-
-
-def quadratic_probe(A: torch.Tensor) -> ProbeLoss:
-    """``ℓ_i(x) = ½ xᵀAx`` for every sample of two probe batches: ``H = A`` exactly."""
-
-    class Point(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.x = nn.Parameter(torch.linspace(-1, 1, A.shape[0], dtype=torch.float64))
-
-    def loss_fn(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (model.x @ A @ model.x) * torch.ones(len(batch), dtype=torch.float64)
-
-    return ProbeLoss(Point(), loss_fn, [torch.zeros(3, 1), torch.zeros(5, 1)])
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +116,7 @@ def test_both_backends_draw_the_same_trace_probes(mlp: tuple) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_negative_trace_does_not_stop_after_two_samples(backend: str) -> None:
-    A = chosen_spectrum([-4.0, -3.0, -2.0, 1.0, -1.0, 0.5], seed=3)
+    A, _ = chosen_spectrum([-4.0, -3.0, -2.0, 1.0, -1.0, 0.5], seed=3)
     with make_curvature(backend, quadratic_probe(A)) as curvature:
         result = curvature.trace(tol=0.05, min_samples=2, max_samples=3000)
     assert result.num_samples > 2
@@ -162,7 +126,7 @@ def test_negative_trace_does_not_stop_after_two_samples(backend: str) -> None:
 
 def test_pyhessian_own_trace_stops_after_two_samples_on_a_negative_trace() -> None:
     # The defect the backend routes around: pyhessian's test divides by the signed trace.
-    A = chosen_spectrum([-4.0, -3.0, -2.0, 1.0, -1.0, 0.5], seed=3)
+    A, _ = chosen_spectrum([-4.0, -3.0, -2.0, 1.0, -1.0, 0.5], seed=3)
     op = PyHessianOperator(quadratic_probe(A))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -172,7 +136,7 @@ def test_pyhessian_own_trace_stops_after_two_samples_on_a_negative_trace() -> No
 
 
 def test_pyhessian_backend_ranks_by_value_not_magnitude() -> None:
-    A = chosen_spectrum([3.0, 1.0, 0.5, -5.0, 0.2, 0.1], seed=4)
+    A, _ = chosen_spectrum([3.0, 1.0, 0.5, -5.0, 0.2, 0.1], seed=4)
     pyhessian_module = importlib.import_module("pyhessian.hessian")
     op = PyHessianOperator(quadratic_probe(A))
     with torch.random.fork_rng(devices=[]):
@@ -188,12 +152,12 @@ def test_pyhessian_backend_ranks_by_value_not_magnitude() -> None:
 
 
 def test_pyhessian_min_with_and_without_upper_bound() -> None:
-    A = chosen_spectrum([3.0, 1.0, 0.5, -2.0, 0.2, 0.1], seed=5)
+    A, _ = chosen_spectrum([3.0, 1.0, 0.5, -2.0, 0.2, 0.1], seed=5)
     with make_curvature("pyhessian", quadratic_probe(A)) as curvature:
         free = curvature.min_eigenpair(max_products=2000)
         bounded = curvature.min_eigenpair(max_products=2000, upper_bound=3.0)
     # Dominated by a negative eigenvalue: the first power iteration already finds λ_min.
-    B = chosen_spectrum([1.0, 0.5, -5.0, 0.2], seed=6)
+    B, _ = chosen_spectrum([1.0, 0.5, -5.0, 0.2], seed=6)
     with make_curvature("pyhessian", quadratic_probe(B)) as curvature:
         dominant = curvature.min_eigenpair(max_products=2000)
     for result, expected in ((free, -2.0), (bounded, -2.0), (dominant, -5.0)):

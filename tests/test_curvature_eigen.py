@@ -6,63 +6,17 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from reference_problems import DenseOperator, chosen_spectrum, dense_hessian, tiny_mlp_probe
 
 from kramers_callback._probe import ProbeLoss
 from kramers_callback.curvature import HessianOperator, min_eigenpair, top_eigenpairs
 from kramers_callback.curvature.krylov import extreme_eigenpairs
 
 
-class DenseOperator:
-    """A symmetric matrix as a counted operator: the estimators only see ``matvec``."""
-
-    def __init__(self, A: torch.Tensor) -> None:
-        self.A = A
-        self.dim = A.shape[0]
-        self.dtype = A.dtype
-        self.device = A.device
-        self.num_products = 0
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        self.num_products += 1
-        return self.A @ v.to(self.dtype)
-
-    def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        self.num_products += len(V)
-        return V.to(self.dtype) @ self.A
-
-
-def chosen_spectrum(eigenvalues: list[float], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``A = Q diag(λ) Qᵀ`` with a random orthogonal ``Q``; returns ``A`` and ``Q``."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(eigenvalues)
-    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    return Q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ Q.T, Q
-
-
-def squared_error(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    inputs, targets = batch
-    return ((model(inputs) - targets) ** 2).sum(dim=1)
-
-
-def tiny_mlp_probe() -> ProbeLoss:
-    """A 3-4-2 tanh MLP (26 parameters) away from a minimum, so ``λ_min`` is clearly negative."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
-    g = torch.Generator().manual_seed(0)
-    inputs = torch.randn(16, 3, generator=g, dtype=torch.float64)
-    targets = torch.randn(16, 2, generator=g, dtype=torch.float64)
-    batches = [(inputs[:8], targets[:8]), (inputs[8:], targets[8:])]
-    return ProbeLoss(model, squared_error, batches)
-
-
 @pytest.fixture(scope="module")
 def mlp() -> tuple[ProbeLoss, torch.Tensor, torch.Tensor]:
-    probe = tiny_mlp_probe()
-    # jacrev twice equals torch.func.hessian (jacfwd of jacrev) without forward-AD warnings.
-    H = torch.func.jacrev(torch.func.jacrev(probe.mean_loss))(probe.x0)
-    evals, evecs = torch.linalg.eigh(H)
+    _, probe = tiny_mlp_probe()
+    evals, evecs = torch.linalg.eigh(dense_hessian(probe))
     return probe, evals, evecs
 
 

@@ -5,39 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference_problems import dense_hessian, tiny_mlp_probe
 from torch import nn
 
 from kramers_callback._probe import ProbeLoss
 from kramers_callback.curvature import HessianOperator
-
-
-def squared_error(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    inputs, targets = batch
-    return ((model(inputs) - targets) ** 2).sum(dim=1)
-
-
-def tiny_mlp_probe(
-    dtype: torch.dtype = torch.float64,
-    split: tuple[int, int] = (8, 8),
-    scale: torch.Tensor | None = None,
-) -> tuple[nn.Module, ProbeLoss]:
-    """A 3-4-2 tanh MLP (26 parameters) and a probe of two batches, built off the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(dtype)
-    g = torch.Generator().manual_seed(0)
-    n = sum(split)
-    inputs = torch.randn(n, 3, generator=g, dtype=torch.float64).to(dtype)
-    targets = torch.randn(n, 2, generator=g, dtype=torch.float64).to(dtype)
-    a, _ = split
-    batches = [(inputs[:a], targets[:a]), (inputs[a:], targets[a:])]
-    return model, ProbeLoss(model, squared_error, batches, scale=scale, dtype=dtype)
-
-
-def dense_hessian(probe: ProbeLoss) -> torch.Tensor:
-    # torch.func.hessian is jacfwd(jacrev(f)); jacrev twice is the same matrix without loading
-    # the forward-AD decompositions, which warn about torch.jit.script on recent torch.
-    return torch.func.jacrev(torch.func.jacrev(probe.mean_loss))(probe.x0.double())
 
 
 def test_matvec_matches_dense_hessian() -> None:

@@ -3,50 +3,21 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import pytest
 import torch
+from reference_problems import classification_batches, classifier_mlp, cross_entropy, unit_rows
 from torch import nn
 
 from kramers_callback._probe import ProbeLoss
 from kramers_callback.noise import directional_variance, per_sample_noise
 
 DTYPE = torch.float64
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)
-
-
-def _mlp(seed: int = 0) -> nn.Module:
-    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 3)).to(DTYPE)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=DTYPE) * 0.7)
-    return model
-
-
-def _batches(n: int = 23, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, generator=g, dtype=DTYPE)
-    y = torch.randint(0, 3, (n,), generator=g)
-    return [(x[:10], y[:10]), (x[10:], y[10:])]
-
-
-def _cross_entropy(model: nn.Module, batch: Any) -> torch.Tensor:
-    x, y = batch
-    return nn.functional.cross_entropy(model(x), y, reduction="none")
-
-
-def _unit_rows(k: int, d: int, seed: int = 5) -> torch.Tensor:
-    v = torch.randn(k, d, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
-    return v / v.norm(dim=1, keepdim=True)
 
 
 def test_jvp_matches_the_per_sample_reference() -> None:
-    probe = ProbeLoss(_mlp(), _cross_entropy, _batches())
-    directions = _unit_rows(4, probe.dim)
+    probe = ProbeLoss(classifier_mlp(), cross_entropy, classification_batches())
+    directions = unit_rows(4, probe.dim)
     reference = per_sample_noise(probe, directions=directions).directional_variance
     before = probe.num_forward
     variances = directional_variance(probe, directions)
@@ -55,10 +26,10 @@ def test_jvp_matches_the_per_sample_reference() -> None:
 
 
 def test_preconditioned_coordinates_match_the_reference() -> None:
-    plain = ProbeLoss(_mlp(), _cross_entropy, _batches())
+    plain = ProbeLoss(classifier_mlp(), cross_entropy, classification_batches())
     scale = torch.linspace(0.3, 3.0, plain.dim, dtype=DTYPE)
-    probe = ProbeLoss(_mlp(), _cross_entropy, _batches(), scale=scale)
-    directions = _unit_rows(2, probe.dim)
+    probe = ProbeLoss(classifier_mlp(), cross_entropy, classification_batches(), scale=scale)
+    directions = unit_rows(2, probe.dim)
     reference = per_sample_noise(probe, directions=directions).directional_variance
     torch.testing.assert_close(
         directional_variance(probe, directions), reference, rtol=1e-10, atol=1e-12
@@ -66,8 +37,8 @@ def test_preconditioned_coordinates_match_the_reference() -> None:
 
 
 def test_central_difference_converges_to_the_jvp() -> None:
-    probe = ProbeLoss(_mlp(), _cross_entropy, _batches())
-    directions = _unit_rows(3, probe.dim)
+    probe = ProbeLoss(classifier_mlp(), cross_entropy, classification_batches())
+    directions = unit_rows(3, probe.dim)
     exact = directional_variance(probe, directions)
     errors = [
         float(
@@ -100,7 +71,7 @@ class _NoForwardAD(torch.autograd.Function):
 class _CustomOpModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.net = _mlp()
+        self.net = classifier_mlp()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net[2](_NoForwardAD.apply(self.net[0](x)))
@@ -108,9 +79,13 @@ class _CustomOpModel(nn.Module):
 
 def test_missing_forward_ad_falls_back_to_central_difference_with_one_warning() -> None:
     # The reference: same network with torch.tanh (identical maths, forward AD available).
-    directions = _unit_rows(2, ProbeLoss(_mlp(), _cross_entropy, _batches()).dim)
-    reference = directional_variance(ProbeLoss(_mlp(), _cross_entropy, _batches()), directions)
-    probe = ProbeLoss(_CustomOpModel(), _cross_entropy, _batches())
+    directions = unit_rows(
+        2, ProbeLoss(classifier_mlp(), cross_entropy, classification_batches()).dim
+    )
+    reference = directional_variance(
+        ProbeLoss(classifier_mlp(), cross_entropy, classification_batches()), directions
+    )
+    probe = ProbeLoss(_CustomOpModel(), cross_entropy, classification_batches())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         variances = directional_variance(probe, directions)
@@ -120,11 +95,11 @@ def test_missing_forward_ad_falls_back_to_central_difference_with_one_warning() 
 
 @pytest.mark.parametrize("method", ["jvp", "central_difference"])
 def test_non_finite_loss_raises(method: str) -> None:
-    batches = _batches()
+    batches = classification_batches()
     batches[0][0][4, 0] = float("nan")
-    probe = ProbeLoss(_mlp(), _cross_entropy, batches)
+    probe = ProbeLoss(classifier_mlp(), cross_entropy, batches)
     with pytest.raises(ValueError, match=r"directional derivatives must be finite .*not finite"):
-        directional_variance(probe, _unit_rows(1, probe.dim), method=method)
+        directional_variance(probe, unit_rows(1, probe.dim), method=method)
 
 
 @pytest.mark.parametrize(
@@ -142,6 +117,6 @@ def test_non_finite_loss_raises(method: str) -> None:
     ],
 )
 def test_bad_arguments(directions: torch.Tensor, kwargs: dict, match: str) -> None:
-    probe = ProbeLoss(_mlp(), _cross_entropy, _batches())
+    probe = ProbeLoss(classifier_mlp(), cross_entropy, classification_batches())
     with pytest.raises(ValueError, match=match):
         directional_variance(probe, directions, **kwargs)

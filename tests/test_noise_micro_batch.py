@@ -6,37 +6,13 @@ from typing import Any
 
 import pytest
 import torch
+from reference_problems import classification_data, classifier_mlp, cross_entropy, init_weights
 from torch import nn
 
 from kramers_callback._probe import ProbeLoss, concat_batches
 from kramers_callback.noise import micro_batch_noise, micro_batch_noise_trace, per_sample_noise
 
 DTYPE = torch.float64
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)
-
-
-def _init(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=DTYPE) * 0.7)
-    return model
-
-
-def _mlp() -> nn.Module:
-    return _init(nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 3)).to(DTYPE))
-
-
-def _classification(n: int = 20, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, generator=g, dtype=DTYPE), torch.randint(0, 3, (n,), generator=g)
-
-
-def _cross_entropy(model: nn.Module, batch: Any) -> torch.Tensor:
-    x, y = batch
-    return nn.functional.cross_entropy(model(x), y, reduction="none")
 
 
 def _squared_error(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -64,14 +40,14 @@ def _by_hand(grads: torch.Tensor, b: int) -> tuple[float, float]:
 def test_matches_a_hand_computation_on_the_same_permutation(train_mode_batchnorm: bool) -> None:
     if train_mode_batchnorm:
         # Micro-batches are ordinary batches: BatchNorm in training mode is fine.
-        model = _init(
+        model = init_weights(
             nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3)).to(DTYPE)
         ).train()
     else:
-        model = _mlp()
-    x, y = _classification(n=20)
+        model = classifier_mlp()
+    x, y = classification_data(n=20)
     b, m = 3, 6  # 2 samples left over
-    probe = ProbeLoss(model, _cross_entropy, [(x[:7], y[:7]), (x[7:], y[7:])])
+    probe = ProbeLoss(model, cross_entropy, [(x[:7], y[:7]), (x[7:], y[7:])])
     directions = torch.eye(probe.dim, dtype=DTYPE)[:2]
     moments = micro_batch_noise(
         probe,
@@ -81,7 +57,7 @@ def test_matches_a_hand_computation_on_the_same_permutation(train_mode_batchnorm
     )
     order = torch.randperm(20, generator=torch.Generator().manual_seed(11))
     grads = _micro_batch_gradients(
-        model, _cross_entropy, x, y, [order[j * b : (j + 1) * b] for j in range(m)]
+        model, cross_entropy, x, y, [order[j * b : (j + 1) * b] for j in range(m)]
     )
     trace, norm_sq = _by_hand(grads, b)
     assert moments.noise_trace == pytest.approx(trace, rel=1e-10)
@@ -97,7 +73,7 @@ def _regression_probe(n: int, seed: int = 4) -> tuple[ProbeLoss, nn.Module]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, generator=g, dtype=DTYPE)
     y = x @ torch.tensor([1.0, -1.0, 2.0], dtype=DTYPE) + torch.randn(n, generator=g, dtype=DTYPE)
-    model = _init(nn.Linear(3, 1).to(DTYPE))
+    model = init_weights(nn.Linear(3, 1).to(DTYPE))
     return ProbeLoss(model, _squared_error, [(x[:11], y[:11]), (x[11:], y[11:])]), model
 
 
@@ -181,9 +157,9 @@ def test_private_generator_is_the_only_randomness() -> None:
 
 
 def test_non_finite_loss_raises() -> None:
-    x, y = _classification(n=12)
+    x, y = classification_data(n=12)
     x[5, 0] = float("nan")
-    probe = ProbeLoss(_mlp(), _cross_entropy, [(x, y)])
+    probe = ProbeLoss(classifier_mlp(), cross_entropy, [(x, y)])
     with pytest.raises(
         ValueError, match=r"must be finite \(the loss or its gradient is not finite"
     ):
@@ -207,8 +183,8 @@ def test_non_finite_loss_raises() -> None:
     ],
 )
 def test_bad_arguments(kwargs: dict, match: str) -> None:
-    x, y = _classification(n=20)
-    probe = ProbeLoss(_mlp(), _cross_entropy, [(x, y)])
+    x, y = classification_data(n=20)
+    probe = ProbeLoss(classifier_mlp(), cross_entropy, [(x, y)])
     kwargs = {"generator": torch.Generator().manual_seed(0), **kwargs}
     with pytest.raises(ValueError, match=match):
         micro_batch_noise(probe, **kwargs)
@@ -221,18 +197,18 @@ def test_pure_trace_needs_two_micro_batches() -> None:
 
 
 def test_dict_batches_spanning_probe_batches_give_the_same_estimate() -> None:
-    x, y = _classification(n=20)
+    x, y = classification_data(n=20)
     pairs = [(x[:7], y[:7]), (x[7:], y[7:])]
     dicts = [{"x": a, "y": b, "split": "train"} for a, b in pairs]
 
     def dict_loss(model: nn.Module, batch: dict) -> torch.Tensor:
         assert batch["split"] == "train"
-        return _cross_entropy(model, (batch["x"], batch["y"]))
+        return cross_entropy(model, (batch["x"], batch["y"]))
 
-    model = _mlp()
+    model = classifier_mlp()
     kwargs = {"micro_batch_size": 6}
     expected = micro_batch_noise(
-        ProbeLoss(model, _cross_entropy, pairs),
+        ProbeLoss(model, cross_entropy, pairs),
         generator=torch.Generator().manual_seed(9),
         **kwargs,
     )

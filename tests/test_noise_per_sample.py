@@ -7,36 +7,13 @@ from typing import Any
 
 import pytest
 import torch
+from reference_problems import classification_batches, classifier_mlp, cross_entropy, unit_rows
 from torch import nn
 
 from kramers_callback._probe import ProbeLoss, batch_size_of, select_samples
 from kramers_callback.noise import per_sample_gradients, per_sample_noise
 
 DTYPE = torch.float64
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)
-
-
-def _mlp(seed: int = 0) -> nn.Module:
-    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 3)).to(DTYPE)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=DTYPE) * 0.7)
-    return model
-
-
-def _classification_batches(n: int = 23, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, generator=g, dtype=DTYPE)
-    y = torch.randint(0, 3, (n,), generator=g)
-    return [(x[:10], y[:10]), (x[10:], y[10:])]
-
-
-def _cross_entropy(model: nn.Module, batch: Any) -> torch.Tensor:
-    x, y = batch
-    return nn.functional.cross_entropy(model(x), y, reduction="none")
 
 
 def naive_per_sample_gradients(model: nn.Module, loss_fn, batches: list[Any]) -> torch.Tensor:
@@ -63,11 +40,6 @@ def reference_moments(grads: torch.Tensor, directions: torch.Tensor | None = Non
     return out
 
 
-def _unit_rows(k: int, d: int, seed: int = 5) -> torch.Tensor:
-    v = torch.randn(k, d, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
-    return v / v.norm(dim=1, keepdim=True)
-
-
 def _assert_matches(moments, ref: dict, tol: float = 1e-10) -> None:
     assert moments.noise_trace == pytest.approx(ref["noise_trace"], rel=tol, abs=tol)
     assert moments.gradient_norm_sq == pytest.approx(ref["gradient_norm_sq"], rel=tol, abs=tol)
@@ -80,12 +52,12 @@ def _assert_matches(moments, ref: dict, tol: float = 1e-10) -> None:
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 64])
 def test_mlp_matches_naive_loop(chunk_size: int) -> None:
-    model = _mlp()
-    batches = _classification_batches()
-    probe = ProbeLoss(model, _cross_entropy, batches)
-    directions = _unit_rows(3, probe.dim)
+    model = classifier_mlp()
+    batches = classification_batches()
+    probe = ProbeLoss(model, cross_entropy, batches)
+    directions = unit_rows(3, probe.dim)
     moments = per_sample_noise(probe, directions=directions, chunk_size=chunk_size)
-    ref = reference_moments(naive_per_sample_gradients(model, _cross_entropy, batches), directions)
+    ref = reference_moments(naive_per_sample_gradients(model, cross_entropy, batches), directions)
     _assert_matches(moments, ref)
     assert moments.num_samples == 23
     # One batched (vmap) forward per chunk: ⌈10/c⌉ + ⌈13/c⌉.
@@ -111,7 +83,7 @@ def test_linear_regression_matches_closed_form_covariance() -> None:
     r = x @ model.weight.detach().squeeze(0) - y
     mean = x.T @ r / n
     cov = (x.T @ (r.square()[:, None] * x) - n * torch.outer(mean, mean)) / (n - 1)
-    directions = _unit_rows(2, p)
+    directions = unit_rows(2, p)
 
     probe = ProbeLoss(model, loss_fn, [(x[:25], y[:25]), (x[25:], y[25:])])
     moments = per_sample_noise(probe, directions=directions)
@@ -151,12 +123,12 @@ def test_linear_regression_at_the_truth_converges_to_the_population_covariance()
 
 
 def test_preconditioning_scale_multiplies_per_sample_gradients() -> None:
-    model = _mlp()
-    batches = _classification_batches()
-    plain = ProbeLoss(model, _cross_entropy, batches)
+    model = classifier_mlp()
+    batches = classification_batches()
+    plain = ProbeLoss(model, cross_entropy, batches)
     scale = torch.linspace(0.5, 2.0, plain.dim, dtype=DTYPE)
-    scaled = ProbeLoss(model, _cross_entropy, batches, scale=scale)
-    grads = naive_per_sample_gradients(model, _cross_entropy, batches)
+    scaled = ProbeLoss(model, cross_entropy, batches, scale=scale)
+    grads = naive_per_sample_gradients(model, cross_entropy, batches)
 
     torch.testing.assert_close(
         per_sample_gradients(scaled, batches[1], chunk_size=5),
@@ -172,7 +144,7 @@ class _ItemModel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = _mlp()
+        self.net = classifier_mlp()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.abs().max().item() > 1e6:  # data-dependent Python control flow
@@ -182,36 +154,36 @@ class _ItemModel(nn.Module):
 
 def test_vmap_failure_falls_back_to_a_loop_with_one_warning() -> None:
     model = _ItemModel()
-    batches = _classification_batches()
-    probe = ProbeLoss(model, _cross_entropy, batches)
+    batches = classification_batches()
+    probe = ProbeLoss(model, cross_entropy, batches)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         moments = per_sample_noise(probe, chunk_size=4)
     fallbacks = [w for w in caught if "vmap failed" in str(w.message)]
     assert len(fallbacks) == 1
     _assert_matches(
-        moments, reference_moments(naive_per_sample_gradients(model, _cross_entropy, batches))
+        moments, reference_moments(naive_per_sample_gradients(model, cross_entropy, batches))
     )
     assert moments.num_forward == 1 + 23  # the failed vmap trace, then one pass per sample
 
 
 def test_batchnorm_in_eval_mode() -> None:
     model = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3)).to(DTYPE)
-    batches = _classification_batches()
+    batches = classification_batches()
     with torch.no_grad():  # non-trivial running statistics
         for x, _ in batches:
             model(3.0 * x + 1.0)
     model.eval()
-    probe = ProbeLoss(model, _cross_entropy, batches)
+    probe = ProbeLoss(model, cross_entropy, batches)
     moments = per_sample_noise(probe, chunk_size=8)
     _assert_matches(
-        moments, reference_moments(naive_per_sample_gradients(model, _cross_entropy, batches))
+        moments, reference_moments(naive_per_sample_gradients(model, cross_entropy, batches))
     )
 
 
 def test_dict_batches_with_non_tensor_leaves() -> None:
-    model = _mlp()
-    pairs = _classification_batches()
+    model = classifier_mlp()
+    pairs = classification_batches()
     batches = [{"x": x, "y": y, "split": "train"} for x, y in pairs]
 
     def loss_fn(m: nn.Module, batch: dict) -> torch.Tensor:
@@ -220,24 +192,24 @@ def test_dict_batches_with_non_tensor_leaves() -> None:
 
     moments = per_sample_noise(ProbeLoss(model, loss_fn, batches), chunk_size=6)
     _assert_matches(
-        moments, reference_moments(naive_per_sample_gradients(model, _cross_entropy, pairs))
+        moments, reference_moments(naive_per_sample_gradients(model, cross_entropy, pairs))
     )
 
 
 def test_non_finite_loss_raises() -> None:
-    model = _mlp()
-    batches = _classification_batches()
+    model = classifier_mlp()
+    batches = classification_batches()
     batches[1][0][2, 1] = float("nan")  # probe index 12
     with pytest.raises(ValueError, match=r"not finite .* first at probe index 12"):
-        per_sample_noise(ProbeLoss(model, _cross_entropy, batches))
+        per_sample_noise(ProbeLoss(model, cross_entropy, batches))
 
 
 def test_wrongly_shaped_loss_is_reported_not_swallowed_by_the_fallback() -> None:
-    model = _mlp()
-    batches = _classification_batches()
+    model = classifier_mlp()
+    batches = classification_batches()
 
     def mean_loss(m: nn.Module, batch: Any) -> torch.Tensor:
-        return _cross_entropy(m, batch).mean()
+        return cross_entropy(m, batch).mean()
 
     with pytest.raises(ValueError, match=r"loss_fn must return per-sample losses of shape \[1\]"):
         per_sample_noise(ProbeLoss(model, mean_loss, batches))
@@ -258,14 +230,14 @@ def test_wrongly_shaped_loss_is_reported_not_swallowed_by_the_fallback() -> None
     ],
 )
 def test_bad_arguments(kwargs: dict, match: str) -> None:
-    probe = ProbeLoss(_mlp(), _cross_entropy, _classification_batches())
+    probe = ProbeLoss(classifier_mlp(), cross_entropy, classification_batches())
     with pytest.raises(ValueError, match=match):
         per_sample_noise(probe, **kwargs)
 
 
 def test_one_sample_probe_raises() -> None:
-    x, y = _classification_batches()[0]
-    probe = ProbeLoss(_mlp(), _cross_entropy, [(x[:1], y[:1])])
+    x, y = classification_batches()[0]
+    probe = ProbeLoss(classifier_mlp(), cross_entropy, [(x[:1], y[:1])])
     with pytest.raises(
         ValueError, match=r"probe must hold at least 2 samples for a variance, got 1"
     ):
