@@ -3,11 +3,13 @@
 ``B = b · k · w``: loader batch ``b`` × gradient-accumulation factor ``k`` × data-parallel
 world size ``w`` (SPEC 1).
 
-- :attr:`BatchMechanism.LOADER`: the LightningModule or its DataModule has a ``batch_size``
-  attribute (any name, found as Lightning's batch-size finder finds it: the module, its
-  ``hparams``, the datamodule, its ``hparams``) that its ``train_dataloader()`` reads. The
-  callback sets it and makes Lightning rebuild the train dataloader at the next epoch start;
-  ``B`` moves in steps of ``batch_multiple · k · w``.
+- :attr:`BatchMechanism.LOADER`: the train data comes from the LightningModule's or its
+  DataModule's ``train_dataloader()`` (not from a loader passed to ``Trainer.fit``, which
+  Lightning hands back unchanged at every reload), and they have a ``batch_size`` attribute
+  (any name, found as Lightning's batch-size finder finds it: the module, its ``hparams``, the
+  datamodule, its ``hparams``) that ``train_dataloader()`` reads. The callback sets it and
+  makes Lightning rebuild the train dataloader at the next epoch start; ``B`` moves in steps
+  of ``batch_multiple · k · w``.
 - :attr:`BatchMechanism.ACCUMULATION`: otherwise, ``trainer.accumulate_grad_batches`` is set
   at epoch boundaries (as Lightning's ``GradientAccumulationScheduler`` does); it needs nothing
   from the user, and ``B`` moves in steps of ``b · w``.
@@ -21,7 +23,15 @@ from typing import Any
 
 from pytorch_lightning.utilities.parsing import lightning_hasattr, lightning_setattr
 
-__all__ = ["BatchLayout", "BatchMechanism", "apply_layout", "detect_mechanism"]
+__all__ = [
+    "BatchLayout",
+    "BatchMechanism",
+    "apply_layout",
+    "data_from_module",
+    "detect_mechanism",
+    "max_loader_batch",
+    "num_loader_batches",
+]
 
 
 class BatchMechanism(str, enum.Enum):
@@ -67,11 +77,79 @@ class BatchLayout:
         return replace(self, accumulation=samples_per_step // (self.loader_batch * self.world_size))
 
 
-def detect_mechanism(pl_module: Any, attribute: str) -> BatchMechanism:
-    """``LOADER`` when Lightning finds ``attribute`` on the module or its datamodule."""
-    if lightning_hasattr(pl_module, attribute):
+def data_from_module(trainer: Any) -> bool:
+    """Whether the fit loop's train data comes from a LightningModule's or DataModule's
+    ``train_dataloader()`` (the only source that rebuilds the loader when asked).
+
+    Lightning has no public accessor for this; its fit loop's data source has ``is_module()``.
+    Where that is missing (another Lightning version), ``True``: :func:`apply_layout`'s caller
+    then checks that the rebuilt loader has the batch size it asked for.
+    """
+    source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
+    is_module = getattr(source, "is_module", None)
+    return bool(is_module()) if callable(is_module) else True
+
+
+def detect_mechanism(pl_module: Any, attribute: str, *, from_module: bool = True) -> BatchMechanism:
+    """``LOADER`` when the train data comes from ``train_dataloader()`` (``from_module``, see
+    :func:`data_from_module`) and Lightning finds ``attribute`` on the module or its
+    datamodule; ``ACCUMULATION`` otherwise."""
+    if from_module and lightning_hasattr(pl_module, attribute):
         return BatchMechanism.LOADER
     return BatchMechanism.ACCUMULATION
+
+
+def num_loader_batches(
+    samples: int, loader_batch: int, *, drop_last: bool = False, limit: int | float = 1.0
+) -> int:
+    r"""Batches per epoch of a loader over ``samples`` samples (one rank's share), as Lightning
+    counts them with ``limit_train_batches = limit``:
+
+    .. math::
+
+        n = \lceil S / b \rceil\ (\lfloor S / b \rfloor \text{ with drop\_last});\qquad
+        \min(n, \text{limit})\ \text{(int limit)},\quad
+        \lfloor n \cdot \text{limit} \rfloor\ \text{(fraction)}
+
+    (``_parse_num_batches`` in Lightning's data connector). Non-increasing in ``b``. Cost: O(1).
+    """
+    length = samples // loader_batch if drop_last else -(-samples // loader_batch)
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        return min(length, limit)
+    return int(length * limit)
+
+
+def max_loader_batch(
+    samples: int,
+    min_batches: int,
+    *,
+    multiple: int = 1,
+    drop_last: bool = False,
+    limit: int | float = 1.0,
+) -> int | None:
+    """The largest loader batch ``b ≤ max(samples, multiple)`` (a multiple of ``multiple``)
+    whose epoch still has at least ``min_batches`` batches (:func:`num_loader_batches`);
+    ``None`` if even ``b = multiple`` has fewer.
+
+    Why: Lightning refuses an integer ``val_check_interval`` larger than the epoch's batch
+    count, so a growing loader batch must stop where the count would drop below it.
+    Cost: ``O(log S)`` evaluations of :func:`num_loader_batches` (bisection; the count is
+    non-increasing in ``b``).
+    """
+
+    def enough(units: int) -> bool:
+        count = num_loader_batches(samples, units * multiple, drop_last=drop_last, limit=limit)
+        return count >= min_batches
+
+    if not enough(1):
+        return None
+    low, high = 1, max(samples // multiple, 1)
+    if enough(high):
+        return high * multiple
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if enough(mid) else (low, mid)
+    return low * multiple
 
 
 def apply_layout(trainer: Any, pl_module: Any, layout: BatchLayout, attribute: str) -> None:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, GradientAccumulationScheduler
 from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.parsing import lightning_getattr
+from pytorch_lightning.utilities.parsing import lightning_getattr, lightning_setattr
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -28,7 +29,9 @@ from kramers_callback._batch_size import (
     BatchLayout,
     BatchMechanism,
     apply_layout,
+    data_from_module,
     detect_mechanism,
+    max_loader_batch,
 )
 from kramers_callback._budget import EstimateSize, OverheadBudget, check_budget, estimate_work
 from kramers_callback._model_state import _rng_restore, _rng_snapshot
@@ -76,6 +79,10 @@ METRICS = (
 _PROGRESS_BAR = ("kramers/temperature", "kramers/escape_rate")
 _ESTIMATE_OPTIONS = ("noise", "micro_batch_size", "backend", "kappa", "tol", "trace_tol")
 _STATE_VERSION = 1
+_RUNNING_STATES = ("noise_trace_sum", "gradient_norm_sq_sum", "num_pairs", "num_dropped")
+"""The :class:`RunningNoiseEstimator` sums, checkpointed mid-epoch as plain floats (float64
+tensors hold them exactly). Under DDP every rank feeds it the same all-reduced gradient, so
+rank 0's sums are every rank's."""
 _SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 _DECISION_SOLVERS = ("top", "min")
 """Iterative routines whose results decisions use (λ_max for the stability clamp, the escape
@@ -184,12 +191,19 @@ class KramersCallback(Callback):
     in samples and expressed in steps of the *current* batch size ``B``: ``t = samples seen / B``
     and ``R = samples left / B``, so the remaining steps stay right when ``B`` changes.
 
-    **Batch size.** ``B = loader batch × accumulate_grad_batches × world size``. If the
-    LightningModule or its DataModule has an attribute ``batch_size_attr`` that its
-    ``train_dataloader()`` reads, the callback sets it and the loader is rebuilt at the next
-    epoch start (``B`` in steps of ``batch_multiple × accumulation × world``); otherwise it
-    sets ``trainer.accumulate_grad_batches`` at epoch boundaries (steps of ``loader batch ×
-    world``), which needs nothing from the user.
+    **Batch size.** ``B = loader batch × accumulate_grad_batches × world size``. If the train
+    data comes from the LightningModule's or DataModule's ``train_dataloader()`` and they have
+    an attribute ``batch_size_attr`` that it reads, the callback sets it and the loader is
+    rebuilt at the next epoch start (``B`` in steps of ``batch_multiple × accumulation ×
+    world``); if the rebuilt loader does not have the batch size set, it warns once and goes
+    on as below. Otherwise (also for a DataLoader passed to ``Trainer.fit``, which Lightning
+    cannot rebuild) it sets ``trainer.accumulate_grad_batches`` at epoch boundaries (steps of
+    ``loader batch × world``), which needs nothing from the user. With ``policy="observe"``
+    or ``"lr"`` it never writes ``accumulate_grad_batches`` and counts the factor in force. A
+    ``GradientAccumulationScheduler`` is refused at setup where ``"batch"`` or ``"hybrid"``
+    would need accumulation; beside the loader mechanism its factor multiplies the loader
+    batch. With an integer ``val_check_interval`` (validation per epoch) the loader batch
+    stays small enough for an epoch to hold that many batches, as Lightning requires.
 
     **Learning rate.** Changes scale every parameter group of the one optimizer by the same
     factor. With ``policy="lr"`` or ``"hybrid"`` the callback owns the learning rate, so a
@@ -217,6 +231,12 @@ class KramersCallback(Callback):
 
     Assumptions: one optimizer, automatic optimization, a map-style train dataset read by one
     DataLoader with a ``batch_size``, parameters replicated on every rank (no FSDP/DeepSpeed).
+
+    **Checkpoints** (``state_dict``, loadable with ``torch.load(weights_only=True)``) hold the
+    probe indices, the batch layout, the budget, the stop rule, the history, the warm-start
+    eigenvectors and the state of the epoch in progress (sample counts, loss sum, running noise
+    sums), so a resume decides as the uninterrupted run would, also from a checkpoint written
+    inside an epoch (e.g. by a ModelCheckpoint after a ``val_check_interval`` validation).
 
     Cost: per optimizer step ``O(1)``, plus ``O(d)`` on the steps of a sampled noise window;
     per estimate see :func:`kramers_callback.estimate` (kept within ``overhead_budget`` of the
@@ -394,6 +414,12 @@ class KramersCallback(Callback):
         self._running: RunningNoiseEstimator | None = None
         self._running_skipped = False
         self._trace_warned = False
+        self._restored_epoch: dict[str, Any] | None = None
+        self._external_accumulation = False
+        self._reload_pending = False
+        self._batch_pinned = False
+        self._loader_samples: int | None = None
+        self._loader_drop_last = False
 
     @property
     def stop_reason(self) -> StopReason:
@@ -426,6 +452,8 @@ class KramersCallback(Callback):
                 "world_size": layout.world_size,
             },
             "samples_seen": self._samples_seen,
+            "epoch": self._epoch_state(),
+            "batch_pinned": self._batch_pinned,
             "num_estimates": self._num_estimates,
             "last_good": self._last_good,
             "warm_eigenvectors": None if warm is None else warm.eigenvectors,
@@ -444,6 +472,8 @@ class KramersCallback(Callback):
         self._initial_batch = state.get("initial_batch")
         self._restored_layout = state.get("layout")
         self._samples_seen = int(state.get("samples_seen", 0))
+        self._restored_epoch = state.get("epoch")
+        self._batch_pinned = bool(state.get("batch_pinned", False))
         self._num_estimates = int(state.get("num_estimates", 0))
         self._last_good = state.get("last_good")
         vectors, minimum = state.get("warm_eigenvectors"), state.get("warm_min_eigenvector")
@@ -452,6 +482,43 @@ class KramersCallback(Callback):
         self.budget.load_state_dict(state.get("budget", {}))
         self.termination.load_state_dict(state.get("termination", {}))
         self.history = [dict(h) for h in state.get("history", [])]
+
+    def _epoch_state(self) -> dict[str, Any] | None:
+        """The state of the epoch in progress, which ``on_train_epoch_start`` sets up and which
+        Lightning does not set up again when it resumes from a checkpoint written inside an
+        epoch (mid-epoch, or at its end before ``on_train_epoch_end``: a ModelCheckpoint
+        saving after validation). Plain Python numbers only."""
+        running = self._running
+        if running is None or self._loss_sum is None:
+            return self._restored_epoch  # not started yet: pass a restored state through
+        return {
+            "samples_per_epoch": self._samples_per_epoch,
+            "epoch_samples": self._epoch_samples,
+            "epoch_steps": self._epoch_steps,
+            "step_samples": self._step_samples,
+            "loss_sum": float(self._loss_sum),
+            "running": {name: float(getattr(running, name)) for name in _RUNNING_STATES},
+        }
+
+    def _restore_epoch_state(self) -> None:
+        """Put back a checkpoint's epoch state (once; ``on_train_epoch_start`` overwrites it
+        when Lightning starts a new epoch rather than finishing the checkpoint's)."""
+        state, self._restored_epoch = self._restored_epoch, None
+        if not state or self._running is None or self._loss_sum is None:
+            return
+        self._samples_per_epoch = int(state.get("samples_per_epoch", self._samples_per_epoch))
+        self._epoch_samples = int(state.get("epoch_samples", 0))
+        self._epoch_steps = int(state.get("epoch_steps", 0))
+        self._step_samples = int(state.get("step_samples", 0))
+        self._loss_sum.fill_(float(state.get("loss_sum", 0.0)))
+        running = state.get("running") or {}
+        device = self._running.device
+        self._running.load_state_dict(
+            {
+                name: torch.tensor(running.get(name, 0.0), dtype=torch.float64, device=device)
+                for name in _RUNNING_STATES
+            }
+        )
 
     # -- setup checks ------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -468,6 +535,27 @@ class KramersCallback(Callback):
                 "KramersCallback does not support manual optimization: it reads the gradient "
                 "at each optimizer step and sets the learning rate and the batch size of "
                 "Lightning's loop. Use automatic optimization, or remove the callback."
+            )
+        self._external_accumulation = any(
+            isinstance(c, GradientAccumulationScheduler) for c in trainer.callbacks
+        )
+        mechanism = detect_mechanism(
+            pl_module, self.batch_size_attr, from_module=data_from_module(trainer)
+        )
+        if (
+            self._external_accumulation
+            and self._changes_batch
+            and mechanism is BatchMechanism.ACCUMULATION
+        ):
+            raise MisconfigurationException(
+                f"KramersCallback(policy={self.policy.value!r}) would change the batch size "
+                "through trainer.accumulate_grad_batches (no `"
+                f"{self.batch_size_attr}` attribute sizes a train_dataloader() of the "
+                "LightningModule or DataModule), which a GradientAccumulationScheduler also "
+                "sets. Remove the GradientAccumulationScheduler, or use policy='observe' (or "
+                f"'lr'), or give the LightningModule or DataModule a `{self.batch_size_attr}` "
+                "attribute that its train_dataloader() reads (and pass the data through it, not "
+                "as Trainer.fit(train_dataloaders=...))."
             )
         if self.loss_fn is not None:
             self._loss = self.loss_fn
@@ -513,15 +601,34 @@ class KramersCallback(Callback):
                 "KramersCallback needs a finite training budget τ: set Trainer(max_epochs=...) "
                 "or Trainer(max_steps=...)."
             )
-        self._mechanism = detect_mechanism(pl_module, self.batch_size_attr)
+        self._mechanism = detect_mechanism(
+            pl_module, self.batch_size_attr, from_module=data_from_module(trainer)
+        )
         restored = self._restored_layout
         if restored is not None:
             mechanism = BatchMechanism(restored["mechanism"])
             if mechanism is BatchMechanism.LOADER and self._mechanism is BatchMechanism.LOADER:
-                apply_layout(trainer, pl_module, self._layout_from(restored), self.batch_size_attr)
+                if self._changes_batch:  # observe and lr never changed it
+                    apply_layout(
+                        trainer, pl_module, self._layout_from(restored), self.batch_size_attr
+                    )
             else:
-                self._mechanism = mechanism
-                trainer.accumulate_grad_batches = int(restored["accumulation"])
+                # An accumulation run stays one (also after falling back from the loader).
+                self._mechanism = BatchMechanism.ACCUMULATION
+                if self._owns_accumulation:
+                    trainer.accumulate_grad_batches = int(restored["accumulation"])
+
+    @property
+    def _changes_batch(self) -> bool:
+        return self.policy in (Policy.BATCH, Policy.HYBRID)
+
+    @property
+    def _owns_accumulation(self) -> bool:
+        """Whether the callback sets ``trainer.accumulate_grad_batches``; otherwise it only
+        reads the factor in force (``"observe"`` and ``"lr"`` never write it; a
+        GradientAccumulationScheduler owns it, and is refused at setup where the callback
+        would need it)."""
+        return self._changes_batch and not self._external_accumulation
 
     def _layout_from(self, state: dict[str, Any]) -> BatchLayout:
         return BatchLayout(
@@ -553,10 +660,20 @@ class KramersCallback(Callback):
         self._dataset_size = len(dataset)  # type: ignore[arg-type]
         self._build_probe(loader)
         world = self._world_size = trainer.world_size
+        self._note_loader(loader)
         mechanism = self._mechanism or BatchMechanism.ACCUMULATION
         if mechanism is BatchMechanism.LOADER:
             attr = lightning_getattr(pl_module, self.batch_size_attr)
             if attr != loader.batch_size:
+                if self._external_accumulation and self._changes_batch:
+                    raise MisconfigurationException(
+                        f"KramersCallback: `{self.batch_size_attr}` = {attr!r} does not size "
+                        f"the train dataloader (batch_size={loader.batch_size}), and a "
+                        "GradientAccumulationScheduler owns trainer.accumulate_grad_batches, so "
+                        "the callback cannot change the batch size. Make train_dataloader() "
+                        f"read `{self.batch_size_attr}`, or remove the "
+                        "GradientAccumulationScheduler, or use policy='observe' or 'lr'."
+                    )
                 rank_zero_warn(
                     f"KramersCallback: `{self.batch_size_attr}` = {attr!r} does not size the "
                     f"train dataloader (batch_size={loader.batch_size}); changing the batch "
@@ -580,6 +697,7 @@ class KramersCallback(Callback):
             window=self.noise_window, dataset_size=self._dataset_size
         ).to(pl_module.device)
         self._loss_sum = torch.zeros((), dtype=torch.float32, device=pl_module.device)
+        self._restore_epoch_state()
         self._params = optim_io.trainable_parameters(pl_module)
         if isinstance(self._warm, _WarmStart):  # restored from a checkpoint, maybe on the CPU
             self._warm = _WarmStart(
@@ -588,6 +706,13 @@ class KramersCallback(Callback):
                     for v in (self._warm.eigenvectors, self._warm.min_eigenvector)
                 )
             )
+
+    def _note_loader(self, loader: DataLoader) -> None:
+        """One rank's samples per epoch and ``drop_last``: what Lightning's batch count (and
+        so the largest loader batch an integer ``val_check_interval`` allows) depends on."""
+        sampler = loader.sampler
+        self._loader_samples = len(sampler) if hasattr(sampler, "__len__") else None  # type: ignore[arg-type]
+        self._loader_drop_last = bool(loader.drop_last)
 
     def _build_probe(self, loader: DataLoader) -> None:
         """Draw (once per run, kept in the state) and collate the probe samples."""
@@ -624,18 +749,19 @@ class KramersCallback(Callback):
         layout = self._layout
         if layout is None:
             return
-        if layout.mechanism is BatchMechanism.ACCUMULATION:
-            trainer.accumulate_grad_batches = layout.accumulation
-        else:
+        if layout.mechanism is BatchMechanism.LOADER:
             loader = trainer.train_dataloader
             if isinstance(loader, DataLoader) and loader.batch_size is not None:
-                self._layout = layout = BatchLayout(
-                    layout.mechanism,
-                    int(loader.batch_size),
-                    layout.accumulation,
-                    layout.world_size,
-                    layout.multiple,
-                )
+                self._note_loader(loader)
+                actual = int(loader.batch_size)
+                if self._reload_pending and actual != layout.loader_batch:
+                    self._loader_ignored(trainer, pl_module, actual)
+                else:
+                    self._layout = replace(layout, loader_batch=actual)
+            self._reload_pending = False
+            layout = self._layout
+        if layout.mechanism is BatchMechanism.ACCUMULATION and self._owns_accumulation:
+            trainer.accumulate_grad_batches = layout.accumulation
         batches = trainer.num_training_batches
         per_epoch = self._dataset_size or 0
         if _finite(batches):
@@ -644,6 +770,41 @@ class KramersCallback(Callback):
         self._epoch_samples = 0
         self._step_samples = 0
         self._epoch_steps = 0
+
+    def _loader_ignored(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, actual: int
+    ) -> None:
+        """The rebuilt train dataloader did not take the loader batch the callback set: warn,
+        and change ``B`` through gradient accumulation from now on (or, where a
+        GradientAccumulationScheduler owns that, keep ``B`` where it is)."""
+        assert self._layout is not None
+        intended = self._layout
+        # The attribute sizes nothing: put back the value in force, so it does not mislead.
+        lightning_setattr(pl_module, self.batch_size_attr, actual)
+        world = intended.world_size
+        if not self._owns_accumulation:
+            self._batch_pinned = True
+            self._layout = replace(intended, loader_batch=actual)
+            then = (
+                "a GradientAccumulationScheduler owns trainer.accumulate_grad_batches, so the "
+                f"batch size stays at B = {self._layout.samples_per_step} from now on"
+            )
+        else:
+            accumulation = max(1, round(intended.samples_per_step / (actual * world)))
+            self._mechanism = BatchMechanism.ACCUMULATION
+            self._layout = BatchLayout(
+                BatchMechanism.ACCUMULATION, actual, accumulation, world, intended.multiple
+            )
+            trainer.accumulate_grad_batches = accumulation
+            then = (
+                "changing the batch size through trainer.accumulate_grad_batches from now on "
+                f"(B = {self._layout.samples_per_step} instead of {intended.samples_per_step})"
+            )
+        rank_zero_warn(
+            f"KramersCallback: the train dataloader was rebuilt with batch_size={actual}, not "
+            f"the {intended.loader_batch} set through `{self.batch_size_attr}`: "
+            f"train_dataloader() does not read it; {then}."
+        )
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -691,6 +852,9 @@ class KramersCallback(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self._layout is None or self._running is None:
             return
+        if not (self._layout.mechanism is BatchMechanism.ACCUMULATION and self._owns_accumulation):
+            # B counts the accumulation factor in force, whoever set it.
+            self._layout = replace(self._layout, accumulation=int(trainer.accumulate_grad_batches))
         epoch = trainer.current_epoch
         optimizer = trainer.optimizers[0]
         record: dict[str, Any] = {"epoch": epoch, "step": trainer.global_step}
@@ -972,7 +1136,7 @@ class KramersCallback(Callback):
                 noise_trace=noise_trace,
                 dim=good["dim"],
                 lambda_max=good["lambda_max"],
-                limits=self._limits(layout, damping),
+                limits=self._limits(layout, damping, trainer),
                 momentum=momentum,
                 dataset_size=dataset_size,
             )
@@ -991,6 +1155,7 @@ class KramersCallback(Callback):
         if new_batch != batch:
             self._layout = layout.with_samples(new_batch)
             apply_layout(trainer, pl_module, self._layout, self.batch_size_attr)
+            self._reload_pending = self._layout.mechanism is BatchMechanism.LOADER
         record.update(lr=optim_io.lr_of(optimizer), batch_size=self._layout.samples_per_step)
 
         # Stop rule: only on a fresh, good estimate (seed 6.3, SPEC 5 guards).
@@ -1048,7 +1213,9 @@ class KramersCallback(Callback):
         record["metrics"] = {k: float(v) for k, v in metrics.items()}
         _publish(trainer, record["metrics"])
 
-    def _limits(self, layout: BatchLayout, damping: float) -> ControlLimits:
+    def _limits(
+        self, layout: BatchLayout, damping: float, trainer: pl.Trainer | None = None
+    ) -> ControlLimits:
         assert self._initial_lr is not None and self._initial_batch is not None
         unit = layout.unit
         lr_max = self.lr_max if self.lr_max is not None else self._initial_lr
@@ -1057,6 +1224,14 @@ class KramersCallback(Callback):
         batch_max = min(self.batch_max or per_epoch, per_epoch)
         batch_min = min(self.batch_min or self._initial_batch, batch_max)
         batch_max = max(batch_max, unit, batch_min)
+        cap = self._val_check_cap(layout, trainer)
+        if self._batch_pinned:  # the loader ignores the attribute, accumulation is not ours
+            batch_min = batch_max = layout.samples_per_step
+        elif cap is not None and cap < batch_max:
+            # Lightning would refuse a larger loader batch: this wins over batch_min; where no
+            # multiple of the unit fits, decide() holds B.
+            batch_max = max(cap, 1)
+            batch_min = min(batch_min, batch_max)
         return ControlLimits(
             lr_min=lr_min * damping,
             lr_max=lr_max * damping,
@@ -1065,6 +1240,32 @@ class KramersCallback(Callback):
             batch_multiple=unit,
             max_change=self.max_change,
         )
+
+    def _val_check_cap(self, layout: BatchLayout, trainer: pl.Trainer | None) -> int | None:
+        """The largest ``B`` whose loader batch leaves an epoch at least the Trainer's integer
+        ``val_check_interval`` batches (Lightning refuses fewer when it validates per epoch);
+        ``None`` where nothing limits it (``0`` where even the smallest loader batch fails)."""
+        if trainer is None or layout.mechanism is not BatchMechanism.LOADER:
+            return None
+        interval = getattr(trainer, "val_check_interval", None)
+        if (
+            not isinstance(interval, int)
+            or isinstance(interval, bool)
+            or trainer.check_val_every_n_epoch is None
+            or not trainer.limit_val_batches
+            or self._loader_samples is None
+        ):
+            return None
+        loader_batch = max_loader_batch(
+            self._loader_samples,
+            interval,
+            multiple=layout.multiple,
+            drop_last=self._loader_drop_last,
+            limit=trainer.limit_train_batches,
+        )
+        if loader_batch is None:
+            return 0
+        return loader_batch * layout.accumulation * layout.world_size
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._running_skipped and self.verbose:
