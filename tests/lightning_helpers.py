@@ -7,6 +7,7 @@ unpickle them.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -23,6 +24,17 @@ from kramers_callback.examples.double_well import (
     DoubleWellModule,
     double_well_loss,
 )
+
+WELL = dict(
+    overhead_budget=math.inf,
+    probe_size=256,
+    probe_batch_size=256,
+    top_k=2,  # the whole 2-D space: a warm start then cannot miss an eigenvector
+    compute_trace=False,
+    max_products=60,
+    max_scan_evals=40,
+)
+"""Estimate settings for the double-well callback tests: every epoch, exact, and quick."""
 
 
 def blobs(num_samples: int = 192, dim: int = 6, classes: int = 3, seed: int = 0) -> TensorDataset:

@@ -12,6 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from lightning_helpers import (
+    WELL,
     BatchSizes,
     BlobsData,
     DoubleWellDataModule,
@@ -29,15 +30,6 @@ import kramers_callback.callback as callback_module
 from kramers_callback.callback import KramersCallback
 from kramers_callback.stopping import StopReason
 
-WELL = dict(
-    overhead_budget=math.inf,
-    probe_size=256,
-    probe_batch_size=256,
-    top_k=2,  # the whole 2-D space: a warm start then cannot miss an eigenvector
-    compute_trace=False,
-    max_products=60,
-    max_scan_evals=40,
-)
 SAMPLES = 800
 LR = 0.05  # hot enough that the 200-step budget wants cooling (τ·k ≈ 3 escapes)
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import pytorch_lightning as pl
-from lightning_helpers import DoubleWellDataModule, DoubleWellModule, DumpHistory, trainer
+from lightning_helpers import WELL, DoubleWellDataModule, DoubleWellModule, DumpHistory, trainer
 
 from kramers_callback.callback import KramersCallback
 
@@ -16,16 +15,7 @@ from kramers_callback.callback import KramersCallback
 @pytest.mark.slow
 def test_two_gloo_ranks_hold_identical_estimates_and_decisions(tmp_path):
     pl.seed_everything(0)
-    cb = KramersCallback(
-        "hybrid",
-        overhead_budget=math.inf,
-        probe_size=256,
-        probe_batch_size=256,
-        top_k=2,
-        compute_trace=False,
-        max_products=60,
-        max_scan_evals=40,
-    )
+    cb = KramersCallback("hybrid", **WELL)
     t = trainer(
         callbacks=[cb, DumpHistory(str(tmp_path))],
         max_epochs=4,

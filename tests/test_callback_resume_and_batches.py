@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from lightning_helpers import (
+    WELL,
     BatchSizes,
     DoubleWellDataModule,
     DoubleWellModule,
@@ -31,16 +32,7 @@ from kramers_callback._batch_size import (
 from kramers_callback.callback import KramersCallback
 from kramers_callback.examples._sampler import EpochSeededSampler
 
-WELL = dict(
-    overhead_budget=math.inf,
-    probe_size=256,
-    probe_batch_size=256,
-    top_k=2,
-    compute_trace=False,
-    max_products=60,
-    max_scan_evals=40,
-    verbose=False,
-)
+QUIET_WELL = {**WELL, "verbose": False}
 SAMPLES = 800  # 50 steps of 16 per epoch
 LR = 0.05  # hot enough that the double well's budget wants cooling (the batch grows)
 
@@ -67,14 +59,14 @@ def test_resume_from_a_checkpoint_saved_after_validation_inside_the_epoch(tmp_pa
     kwargs = dict(max_epochs=4, limit_val_batches=1.0, val_check_interval=0.5)
 
     pl.seed_everything(0)
-    uninterrupted = KramersCallback("hybrid", **WELL)
+    uninterrupted = KramersCallback("hybrid", **QUIET_WELL)
     full = ValidatedWell(lr=LR)
     trainer(callbacks=[uninterrupted], **kwargs).fit(
         full, datamodule=ValidatedData(num_samples=SAMPLES)
     )
 
     pl.seed_everything(0)
-    first = KramersCallback("hybrid", **WELL)
+    first = KramersCallback("hybrid", **QUIET_WELL)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
     # Same max_epochs (the budget τ), stopped after two epochs.
     t = trainer(callbacks=[first, StopAfter(2), checkpoints], enable_checkpointing=True, **kwargs)
@@ -87,7 +79,7 @@ def test_resume_from_a_checkpoint_saved_after_validation_inside_the_epoch(tmp_pa
     assert state["epoch"]["epoch_steps"] == SAMPLES // 16
 
     pl.seed_everything(123)  # the resumed run must not depend on the global seed
-    resumed = KramersCallback("hybrid", **WELL)
+    resumed = KramersCallback("hybrid", **QUIET_WELL)
     module = ValidatedWell(lr=LR)
     trainer(callbacks=[resumed], **kwargs).fit(
         module, datamodule=ValidatedData(num_samples=SAMPLES), ckpt_path=path
@@ -101,7 +93,7 @@ def test_resume_from_a_checkpoint_saved_after_validation_inside_the_epoch(tmp_pa
 
 
 def test_epoch_state_round_trips_through_a_weights_only_load(tmp_path):
-    cb = KramersCallback("observe", **WELL)
+    cb = KramersCallback("observe", **QUIET_WELL)
     pl.seed_everything(0)
     t = trainer(callbacks=[cb], max_epochs=1)
     t.fit(DoubleWellModule(lr=LR), datamodule=DoubleWellDataModule(num_samples=SAMPLES))
@@ -115,7 +107,7 @@ def test_epoch_state_round_trips_through_a_weights_only_load(tmp_path):
     torch.save(state, path)
     loaded = torch.load(path, weights_only=True)
 
-    restored = KramersCallback("observe", **WELL)
+    restored = KramersCallback("observe", **QUIET_WELL)
     restored.load_state_dict(loaded)
     # Before fit, a restored state passes through unchanged (a re-saved checkpoint keeps it).
     assert repr(restored.state_dict()["epoch"]) == repr(state["epoch"])
@@ -139,7 +131,7 @@ def test_epoch_state_round_trips_through_a_weights_only_load(tmp_path):
 def test_a_gradient_accumulation_scheduler_is_refused_where_the_callback_needs_accumulation(
     policy,
 ):
-    cb = KramersCallback(policy, **WELL)
+    cb = KramersCallback(policy, **QUIET_WELL)
     gas = GradientAccumulationScheduler({0: 1, 2: 4})
     t = trainer(callbacks=[cb, gas], max_epochs=2)
     with pytest.raises(MisconfigurationException, match="GradientAccumulationScheduler") as err:
@@ -151,7 +143,7 @@ def _fit_with_scheduler(order: str, policy: str = "observe", data_cls=FixedDoubl
     pl.seed_everything(0)
     sizes = BatchSizes()
     gas = GradientAccumulationScheduler({0: 1, 2: 4})
-    cb = KramersCallback(policy, **WELL)
+    cb = KramersCallback(policy, **QUIET_WELL)
     callbacks = {"none": [gas], "before": [cb, gas], "after": [gas, cb]}[order]
     t = trainer(callbacks=[*callbacks, sizes], max_epochs=4)
     module = DoubleWellModule(lr=LR)
@@ -179,7 +171,7 @@ def test_the_lr_policy_keeps_a_gradient_accumulation_schedulers_factor():
 
 def test_a_scheduler_is_refused_with_a_loader_passed_to_fit_even_with_a_batch_size_attribute():
     data = DoubleWellDataModule(num_samples=SAMPLES)
-    cb = KramersCallback("hybrid", **WELL)
+    cb = KramersCallback("hybrid", **QUIET_WELL)
     t = trainer(callbacks=[cb, GradientAccumulationScheduler({0: 1, 2: 4})], max_epochs=2)
     with pytest.raises(MisconfigurationException, match="GradientAccumulationScheduler"):
         t.fit(HparamsWell(lr=LR), train_dataloaders=data.train_dataloader())
@@ -231,7 +223,7 @@ def test_loader_batch_cap_matches_a_brute_force_scan(drop_last, limit):
 
 def test_an_integer_val_check_interval_caps_the_loader_batch():
     pl.seed_everything(0)
-    cb = KramersCallback("hybrid", **WELL)
+    cb = KramersCallback("hybrid", **QUIET_WELL)
     sizes = BatchSizes()
     t = trainer(callbacks=[cb, sizes], max_epochs=4, limit_val_batches=1.0, val_check_interval=40)
     t.fit(ValidatedWell(lr=LR), datamodule=ValidatedData(num_samples=SAMPLES))  # no ValueError
@@ -253,7 +245,7 @@ class HparamsWell(DoubleWellModule):
 def test_a_loader_passed_to_fit_grows_the_batch_by_accumulation():
     pl.seed_everything(0)
     data = DoubleWellDataModule(num_samples=SAMPLES)
-    cb = KramersCallback("batch", **WELL)
+    cb = KramersCallback("batch", **QUIET_WELL)
     sizes = BatchSizes()
     t = trainer(callbacks=[cb, sizes], max_epochs=4)
     module = HparamsWell(lr=LR)
@@ -282,7 +274,7 @@ class CachedLoaderData(DoubleWellDataModule):
 
 def test_a_loader_that_ignores_the_batch_size_falls_back_to_accumulation():
     pl.seed_everything(0)
-    cb = KramersCallback("batch", **WELL)
+    cb = KramersCallback("batch", **QUIET_WELL)
     sizes = BatchSizes()
     data = CachedLoaderData(num_samples=SAMPLES)
     t = trainer(callbacks=[cb, sizes], max_epochs=4)
@@ -303,7 +295,7 @@ def test_a_loader_that_ignores_the_batch_size_falls_back_to_accumulation():
 
 def test_beside_a_scheduler_a_loader_that_ignores_the_batch_size_pins_the_batch():
     pl.seed_everything(0)
-    cb = KramersCallback("batch", **WELL)
+    cb = KramersCallback("batch", **QUIET_WELL)
     sizes = BatchSizes()
     gas = GradientAccumulationScheduler({0: 1, 5: 2})
     t = trainer(callbacks=[cb, gas, sizes], max_epochs=6)
