@@ -341,31 +341,7 @@ def decide(
     )
     current_target = float(target(lr, batch_size)) if _all_finite((lr,)) else math.nan
     measured = (lr, noise_trace, lambda_max, momentum)
-    if (
-        _all_finite(measured)
-        and lr > 0
-        and noise_trace > 0
-        and not (math.isfinite(current_target) and current_target > 0)
-    ):
-        # No target (no barrier within reach, or τ·A ≤ 1) is no reason to keep an unstable
-        # step size: the stability clamp still holds wherever the policy owns η.
-        new_lr = lr
-        if policy in (Policy.LR, Policy.HYBRID):
-            new_lr = min(
-                lr, math.nextafter(stability_limit(lambda_max=lambda_max, momentum=momentum), 0.0)
-            )
-        return Decision(
-            lr=new_lr,
-            batch_size=batch_size,
-            temperature=math.nan,
-            target_temperature=current_target,
-            predicted_temperature=math.nan,
-            changed=new_lr != lr,
-            reason="no_target",
-            limited_by=("stability",) if new_lr != lr else (),
-        )
-    values = (current_target, *measured)
-    if not _all_finite(values) or not (current_target > 0 and lr > 0 and noise_trace > 0):
+    if not _all_finite(measured) or not (lr > 0 and noise_trace > 0):
         return Decision(
             lr=lr,
             batch_size=batch_size,
@@ -384,6 +360,20 @@ def decide(
         lambda_max=lambda_max,
         limits=limits,
     )
+    if not (math.isfinite(current_target) and current_target > 0):
+        # No target (no barrier within reach, or τ·A ≤ 1) is no reason to keep an unstable
+        # step size: the stability clamp still holds wherever the policy owns η.
+        new_lr = knobs.cap_lr(lr) if policy in (Policy.LR, Policy.HYBRID) else lr
+        return Decision(
+            lr=new_lr,
+            batch_size=batch_size,
+            temperature=math.nan,
+            target_temperature=current_target,
+            predicted_temperature=math.nan,
+            changed=new_lr != lr,
+            reason="no_target",
+            limited_by=tuple(knobs.limited_by),
+        )
     temperature = knobs.temperature(lr, batch_size)
     new_lr, new_batch = lr, batch_size
     if policy is Policy.OBSERVE:
