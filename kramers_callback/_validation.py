@@ -25,6 +25,14 @@ def _as_float(name: str, value: Any, rule: str) -> float:
     return out
 
 
+def all_finite(*values: Any) -> bool:
+    """Whether every value converts to a finite float (a predicate, never raises)."""
+    try:
+        return all(math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError):
+        return False
+
+
 def check_finite(name: str, value: Any) -> float:
     """A finite real number of any sign."""
     try:

@@ -37,6 +37,7 @@ from kramers_callback._budget import EstimateSize, OverheadBudget, check_budget,
 from kramers_callback._model_state import _rng_restore, _rng_snapshot
 from kramers_callback._probe import LossFn, batch_size_of
 from kramers_callback._validation import (
+    all_finite,
     check_choice,
     check_in_range,
     check_non_negative,
@@ -92,13 +93,6 @@ directions for the barriers); the trace is only logged."""
 def _per_sample_loss_method(model: nn.Module, batch: Any) -> Tensor:
     """``model.per_sample_loss(batch)``: a module-level function, so it pickles (ddp_spawn)."""
     return model.per_sample_loss(batch)  # type: ignore[operator]
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def _nan_if_none(value: float | None) -> float:
@@ -764,7 +758,7 @@ class KramersCallback(Callback):
             trainer.accumulate_grad_batches = layout.accumulation
         batches = trainer.num_training_batches
         per_epoch = self._dataset_size or 0
-        if _finite(batches):
+        if all_finite(batches):
             per_epoch = min(per_epoch, int(batches) * layout.loader_batch * layout.world_size)
         self._samples_per_epoch = max(per_epoch, 1)
         self._epoch_samples = 0
@@ -1069,14 +1063,14 @@ class KramersCallback(Callback):
         # last good estimate rescaled to the current η and B.
         if fresh is not None and fresh["status"] == "ok":
             noise_trace, source = fresh["noise_trace"], "estimate"
-        elif _finite(running["noise_trace"]) and running["noise_trace"] > 0:
+        elif all_finite(running["noise_trace"]) and running["noise_trace"] > 0:
             noise_trace, source = running["noise_trace"], "running"
         elif good is not None:
             noise_trace, source = good["noise_trace"], "last_estimate"
         else:
             noise_trace, source = math.nan, "none"
         temperature = math.nan
-        if _finite(noise_trace) and noise_trace >= 0:
+        if all_finite(noise_trace) and noise_trace >= 0:
             temperature = isotropic_temperature(
                 lr=lr_eff,
                 noise_trace=noise_trace,
@@ -1097,7 +1091,7 @@ class KramersCallback(Callback):
             reason = f"estimate {fresh['status'].replace('_', ' ')}"
         elif good is None:
             reason = "no good estimate yet"
-        elif not _finite(temperature) or temperature <= 0:
+        elif not all_finite(temperature) or temperature <= 0:
             reason = "no finite temperature"
         else:
             target_fn = self._target_fn(

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kramers_callback._validation import (
+    all_finite,
     check_in_range,
     check_positive,
     check_positive_int,
@@ -268,13 +269,6 @@ class _Knobs:
         return new, at_bound
 
 
-def _all_finite(values: tuple[object, ...]) -> bool:
-    try:
-        return all(math.isfinite(float(v)) for v in values)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-
-
 def decide(
     policy: Policy | str,
     *,
@@ -339,9 +333,9 @@ def decide(
         if callable(target_temperature)
         else (lambda _lr, _b, value=target_temperature: value)
     )
-    current_target = float(target(lr, batch_size)) if _all_finite((lr,)) else math.nan
+    current_target = float(target(lr, batch_size)) if all_finite(lr) else math.nan
     measured = (lr, noise_trace, lambda_max, momentum)
-    if not _all_finite(measured) or not (lr > 0 and noise_trace > 0):
+    if not all_finite(*measured) or not (lr > 0 and noise_trace > 0):
         return Decision(
             lr=lr,
             batch_size=batch_size,
