@@ -25,17 +25,15 @@ LossFn = Callable[[nn.Module, Any], Tensor]
 
 def move_batch(batch: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
     """Move every tensor of a (nested) batch to ``device``; floating tensors also to ``dtype``."""
-    if isinstance(batch, Tensor):
-        if dtype is not None and batch.is_floating_point():
-            return batch.to(device=device, dtype=dtype)
-        return batch.to(device=device)
-    if isinstance(batch, dict):
-        return {k: move_batch(v, device, dtype) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(move_batch(v, device, dtype) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_batch(v, device, dtype) for v in batch)
-    return batch
+
+    def move(leaf: Any) -> Any:
+        if not isinstance(leaf, Tensor):
+            return leaf
+        if dtype is not None and leaf.is_floating_point():
+            return leaf.to(device=device, dtype=dtype)
+        return leaf.to(device=device)
+
+    return map_leaves(batch, move)
 
 
 def batch_size_of(batch: Any) -> int:
@@ -62,15 +60,7 @@ def batch_size_of(batch: Any) -> int:
 
 def select_samples(batch: Any, index: Tensor | slice) -> Any:
     """The samples ``index`` of every tensor in a (nested) batch."""
-    if isinstance(batch, Tensor):
-        return batch[index]
-    if isinstance(batch, dict):
-        return {k: select_samples(v, index) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(select_samples(v, index) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(select_samples(v, index) for v in batch)
-    return batch
+    return map_leaves(batch, lambda leaf: leaf[index] if isinstance(leaf, Tensor) else leaf)
 
 
 class _LossModule(nn.Module):
@@ -196,8 +186,8 @@ class ProbeLoss:
 def map_leaves(batch: Any, fn: Callable[[Any], Any]) -> Any:
     """``fn`` applied to every leaf of a (nested) batch, keeping its containers.
 
-    Containers are those :func:`select_samples` walks (dict, namedtuple, list, tuple); anything
-    else, tensor or not, is a leaf.
+    Containers are dicts, namedtuples, lists and tuples; anything else, tensor or not, is a
+    leaf. :func:`move_batch` and :func:`select_samples` walk batches through it.
     """
     if isinstance(batch, dict):
         return {k: map_leaves(v, fn) for k, v in batch.items()}
