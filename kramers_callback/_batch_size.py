@@ -21,12 +21,11 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pytorch_lightning.utilities.parsing import lightning_hasattr, lightning_setattr
+from pytorch_lightning.utilities.parsing import lightning_hasattr
 
 __all__ = [
     "BatchLayout",
     "BatchMechanism",
-    "apply_layout",
     "data_from_module",
     "detect_mechanism",
     "max_loader_batch",
@@ -82,8 +81,9 @@ def data_from_module(trainer: Any) -> bool:
     ``train_dataloader()`` (the only source that rebuilds the loader when asked).
 
     Lightning has no public accessor for this; its fit loop's data source has ``is_module()``.
-    Where that is missing (another Lightning version), ``True``: :func:`apply_layout`'s caller
-    then checks that the rebuilt loader has the batch size it asked for.
+    Where that is missing (another Lightning version), ``True``: the caller of
+    :func:`kramers_callback.actuators.apply_layout` then checks that the rebuilt loader has the
+    batch size it asked for.
     """
     source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
     is_module = getattr(source, "is_module", None)
@@ -150,18 +150,3 @@ def max_loader_batch(
         mid = (low + high) // 2
         low, high = (mid, high) if enough(mid) else (low, mid)
     return low * multiple
-
-
-def apply_layout(trainer: Any, pl_module: Any, layout: BatchLayout, attribute: str) -> None:
-    """Make the next epoch train with ``layout``.
-
-    ``LOADER``: set the attribute and drop the fit loop's loader so Lightning calls
-    ``train_dataloader()`` again at the next epoch start (what Lightning's own batch-size
-    finder does, ``tuner/batch_size_scaling.py``). ``ACCUMULATION``: set
-    ``trainer.accumulate_grad_batches``, which the loop reads at every batch.
-    """
-    if layout.mechanism is BatchMechanism.LOADER:
-        lightning_setattr(pl_module, attribute, layout.loader_batch)
-        trainer.fit_loop._combined_loader = None
-    else:
-        trainer.accumulate_grad_batches = layout.accumulation

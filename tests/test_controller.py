@@ -7,13 +7,10 @@ import random
 
 import pytest
 
-from kramers_callback.controller import (
-    ControlLimits,
-    Policy,
-    annealing_target,
-    decide,
-    stability_limit,
-)
+from kramers_callback.controller import decide
+from kramers_callback.limits import ControlLimits, stability_limit
+from kramers_callback.policies import Policy
+from kramers_callback.signals import annealing_target
 
 NOISE, DIM, N = 40.0, 1000, 10_000
 

@@ -1,0 +1,114 @@
+"""The setups ``KramersCallback`` refuses, each with a message that says what to change.
+
+Lightning glue: every function raises ``MisconfigurationException`` for one unsupported setup
+and returns otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader
+
+from kramers_callback import _optimizer as optim_io
+from kramers_callback.policies import PolicyRule
+
+__all__ = [
+    "check_accumulation_owner",
+    "check_fit_loop",
+    "check_optimizer",
+    "check_schedule",
+    "check_train_loader",
+]
+
+_SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+
+
+def check_fit_loop(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """Parameters replicated on every rank, and automatic optimization."""
+    if isinstance(trainer.strategy, _SHARDED_STRATEGIES):
+        raise MisconfigurationException(
+            f"KramersCallback does not support the {type(trainer.strategy).__name__}: its "
+            "estimates need every parameter on every rank (FSDP and DeepSpeed shard them). "
+            "Use strategy='ddp' (or 'ddp_spawn', or one device)."
+        )
+    if not pl_module.automatic_optimization:
+        raise MisconfigurationException(
+            "KramersCallback does not support manual optimization: it reads the gradient "
+            "at each optimizer step and sets the learning rate and the batch size of "
+            "Lightning's loop. Use automatic optimization, or remove the callback."
+        )
+
+
+def check_accumulation_owner(rule: PolicyRule, attribute: str) -> None:
+    """Called where a GradientAccumulationScheduler runs and the batch could only change
+    through ``accumulate_grad_batches``: refused when the policy owns ``B``."""
+    if rule.owns_batch:
+        raise MisconfigurationException(
+            f"KramersCallback(policy={rule.policy.value!r}) would change the batch size "
+            "through trainer.accumulate_grad_batches (no `"
+            f"{attribute}` attribute sizes a train_dataloader() of the "
+            "LightningModule or DataModule), which a GradientAccumulationScheduler also "
+            "sets. Remove the GradientAccumulationScheduler, or use policy='observe' (or "
+            f"'lr'), or give the LightningModule or DataModule a `{attribute}` "
+            "attribute that its train_dataloader() reads (and pass the data through it, not "
+            "as Trainer.fit(train_dataloaders=...))."
+        )
+
+
+def check_optimizer(trainer: pl.Trainer) -> str:
+    """One SGD or Adam-family optimizer; returns its kind
+    (:func:`kramers_callback._optimizer.classify`)."""
+    optimizers = trainer.optimizers
+    if len(optimizers) != 1:
+        raise MisconfigurationException(
+            f"KramersCallback supports exactly one optimizer, got {len(optimizers)}. Return "
+            "one optimizer (with parameter groups if needed) from configure_optimizers."
+        )
+    optimizer = optimizers[0]
+    kind = optim_io.classify(optimizer)
+    if kind is None:
+        raise MisconfigurationException(
+            f"KramersCallback supports torch.optim.SGD and the Adam family (Adam, AdamW, "
+            f"NAdam, RAdam), got {type(optimizer).__name__}."
+        )
+    return kind
+
+
+def check_schedule(trainer: pl.Trainer, rule: PolicyRule) -> None:
+    """No LR scheduler where the policy owns ``η``, and a finite budget ``τ``."""
+    if rule.owns_lr and trainer.lr_scheduler_configs:
+        raise MisconfigurationException(
+            f"KramersCallback(policy={rule.policy.value!r}) sets the learning rate itself, "
+            "so it cannot run with an LR scheduler. Remove the scheduler from "
+            "configure_optimizers, or use policy='batch' or 'observe' to keep it."
+        )
+    if trainer.max_steps == -1 and trainer.max_epochs in (None, -1):
+        raise MisconfigurationException(
+            "KramersCallback needs a finite training budget τ: set Trainer(max_epochs=...) "
+            "or Trainer(max_steps=...)."
+        )
+
+
+def check_train_loader(loader: Any) -> DataLoader:
+    """One torch DataLoader over a map-style dataset, with a ``batch_size``."""
+    if not isinstance(loader, DataLoader):
+        raise MisconfigurationException(
+            "KramersCallback needs one torch DataLoader as the train dataloader, got "
+            f"{type(loader).__name__}."
+        )
+    dataset = loader.dataset
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise MisconfigurationException(
+            "KramersCallback draws its probe set by index: the train dataset must be "
+            f"map-style (with __len__ and __getitem__), got {type(dataset).__name__}."
+        )
+    if loader.batch_size is None:
+        raise MisconfigurationException(
+            "KramersCallback needs the train DataLoader's batch_size (got None: a custom "
+            "batch_sampler). Pass batch_size to the DataLoader."
+        )
+    return loader

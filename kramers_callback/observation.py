@@ -1,0 +1,282 @@
+"""What one epoch-end decision sees, and what it chose: typed records between the parts.
+
+The callback builds an :class:`Observation` from the Trainer (Lightning glue); signals
+(:mod:`kramers_callback.signals`) read it, policies (:mod:`kramers_callback.policies`) turn the
+readings into a :class:`Decision`, the actuators apply it and :mod:`kramers_callback.metrics`
+logs both. Everything here is plain numbers: broadcastable across ranks and checkpointable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from kramers_callback.estimate import KramersEstimate
+
+__all__ = [
+    "DECISION_SOLVERS",
+    "Clock",
+    "Decision",
+    "DecisionRecord",
+    "EstimateSummary",
+    "Horizon",
+    "Knobs",
+    "Observation",
+]
+
+DECISION_SOLVERS = ("top", "min")
+"""Iterative routines whose results decisions use (λ_max for the stability clamp, the escape
+directions for the barriers); the Hutchinson trace is only logged."""
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class EstimateSummary:
+    """The plain-number part of a :class:`~kramers_callback.estimate.KramersEstimate` that
+    decisions and logs use.
+
+    ``status`` is ``"ok"`` (finite, and the eigensolvers of :data:`DECISION_SOLVERS`
+    converged), ``"non_finite"`` or ``"not_converged"``; only ``"ok"`` is acted on.
+    ``measured`` is false for an estimate that stopped at a non-finite probe loss, which has
+    no numbers but its ``work``. The ``pathway_*`` tuples list the pathways with a barrier.
+    """
+
+    status: str
+    work: float = 0.0
+    """Counted estimation work in sample-passes (:func:`kramers_callback._budget.estimate_work`)."""
+    seconds: float = math.nan
+    measured: bool = True
+    probe_size: int = 0
+    temperature: float = math.nan
+    noise_trace: float = math.nan
+    noise_scale: float = math.nan
+    lambda_max: float = math.nan
+    lambda_min: float = math.nan
+    hessian_trace: float = math.nan
+    escape_rate: float = math.nan
+    escape_time: float = math.nan
+    barrier: float = math.nan
+    lr_eff: float = math.nan
+    batch_size: int = 0
+    dim: int = 0
+    finite: bool = False
+    converged: dict[str, bool] = field(default_factory=dict)
+    num_hvp: int = 0
+    num_forward: int = 0
+    num_samples: int = 0
+    pathway_barriers: tuple[float, ...] = ()
+    pathway_curvatures: tuple[float, ...] = ()
+    pathway_barrier_curvatures: tuple[float, ...] = ()
+    pathway_temperatures: tuple[float, ...] = ()
+
+    @classmethod
+    def from_estimate(cls, est: KramersEstimate, *, work: float) -> EstimateSummary:
+        """The summary of ``est``, its ``status`` from its finiteness and convergence."""
+        if not est.finite:
+            status = "non_finite"
+        elif any(not est.converged.get(k, True) for k in DECISION_SOLVERS):
+            status = "not_converged"
+        else:
+            status = "ok"
+        barrier = [p for p in est.pathways if p.rate is not None]
+        return cls(
+            status=status,
+            work=float(work),
+            seconds=float(est.seconds),
+            probe_size=int(est.num_samples),
+            temperature=float(est.temperature),
+            noise_trace=float(est.noise_trace),
+            noise_scale=float(est.noise_scale),
+            lambda_max=float(est.lambda_max),
+            lambda_min=float(est.lambda_min),
+            hessian_trace=_nan_if_none(est.hessian_trace),
+            escape_rate=float(est.escape_rate),
+            escape_time=float(est.escape_time),
+            barrier=_nan_if_none(est.barrier),
+            lr_eff=float(est.lr),
+            batch_size=int(est.batch_size),
+            dim=int(est.dim),
+            finite=bool(est.finite),
+            converged={k: bool(v) for k, v in est.converged.items()},
+            num_hvp=int(est.num_hvp),
+            num_forward=int(est.num_forward),
+            num_samples=int(est.num_samples),
+            pathway_barriers=tuple(float(p.barrier) for p in barrier),  # type: ignore[arg-type]
+            pathway_curvatures=tuple(float(p.curvature) for p in barrier),
+            pathway_barrier_curvatures=tuple(float(p.barrier_curvature) for p in barrier),  # type: ignore[arg-type]
+            pathway_temperatures=tuple(float(p.temperature) for p in barrier),
+        )
+
+    @classmethod
+    def failed(cls, *, work: float) -> EstimateSummary:
+        """An estimate that stopped at a non-finite probe loss: only its work counts."""
+        return cls(status="non_finite", work=float(work), measured=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def failed_solvers(self) -> list[str]:
+        """The solvers of :data:`DECISION_SOLVERS` that did not converge, sorted."""
+        return sorted(k for k in DECISION_SOLVERS if not self.converged.get(k, True))
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain Python numbers, lists and dicts (loadable with ``weights_only=True``)."""
+        state: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            state[f.name] = (
+                list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict)
+                else value
+            )
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EstimateSummary:
+        """Inverse of :meth:`to_state`; also reads the ``last_good`` dict of checkpoints
+        written before this class (no ``work``; unknown keys are ignored)."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in state.items():
+            if name not in known:
+                continue
+            if name.startswith("pathway_"):
+                value = tuple(float(v) for v in value)
+            elif name == "converged":
+                value = {str(k): bool(v) for k, v in value.items()}
+            values[name] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """``t``, ``τ`` and ``R`` in optimizer steps of one batch size ``B``."""
+
+    step: float
+    """``t = samples seen / B`` (at least 1)."""
+    horizon: float
+    """``τ = t + R``."""
+    remaining: float
+    """``R``: steps left."""
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """The training budget in samples and steps, from which a :class:`Clock` at any ``B``
+    follows (the budget is counted in samples, so ``t``, ``τ``, ``R`` stay right when ``B``
+    changes; docs/theory.md section 4.3).
+
+    ``samples_left`` comes from ``max_epochs`` (``inf`` without), ``steps_left`` from
+    ``max_steps`` (``inf`` without); the tighter one wins.
+    """
+
+    samples_seen: int
+    samples_left: float = math.inf
+    steps_left: float = math.inf
+
+    def clock(self, batch_size: int) -> Clock:
+        r""":math:`R = \max(0, \min(S_\text{left}/B, \text{steps left}))`,
+        :math:`t = \max(S_\text{seen}/B, 1)`, :math:`\tau = t + R`. Cost: O(1)."""
+        remaining = max(min(self.samples_left / batch_size, self.steps_left), 0.0)
+        step = max(self.samples_seen / batch_size, 1.0)
+        return Clock(step=step, horizon=step + remaining, remaining=remaining)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The settings a decision may turn, as decisions see them."""
+
+    lr: float
+    """``η``: the reference parameter group's learning rate × SGD's ``1 − dampening``."""
+    batch_size: int
+    """``B``: samples per optimizer step."""
+    momentum: float = 0.0
+    """``β`` (``η_eff = η/(1 − β)``)."""
+    damping: float = 1.0
+    """SGD's ``1 − dampening``: the optimizer's own learning rate is ``lr / damping``."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one epoch-end decision sees.
+
+    The temperature now comes from this epoch's estimate (``noise_source="estimate"``), else
+    the running two-batch noise (``"running"``), else the last good estimate's noise rescaled
+    to the current knobs (``"last_estimate"``), else none (``"none"``, ``temperature`` nan).
+    A new signal that needs more than this (e.g. statistics accumulated over the training
+    steps) adds one typed field here, next to :attr:`fresh`, filled by the callback.
+    """
+
+    epoch: int
+    clock: Clock
+    horizon: Horizon
+    knobs: Knobs
+    temperature: float
+    noise_trace: float
+    noise_source: str
+    noise_scale: float
+    dim: int
+    dataset_size: int | None
+    """``N`` for the finite-population factor; ``None`` with replacement (or ``B > N``)."""
+    fresh: EstimateSummary | None
+    """This epoch's estimate (``None``: deferred)."""
+    last_good: EstimateSummary | None
+    """The last estimate with ``status == "ok"`` (this epoch's, if it is)."""
+    loss_finite: bool = True
+    """Whether every training loss of the epoch was finite (on every rank)."""
+    monitor: float | None = None
+    """The stop rule's monitored metric, if one is configured and logged."""
+
+    def hold_reason(self) -> str | None:
+        """Why the measurements give nothing to decide from (never act on a non-finite
+        estimate, docs/theory.md section 4.3), or ``None``. A non-finite training loss is
+        checked after the signals have read the observation, so their targets are still
+        logged."""
+        if self.fresh is not None and not self.fresh.ok:
+            return f"estimate {self.fresh.status.replace('_', ' ')}"
+        if self.last_good is None:
+            return "no good estimate yet"
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            return "no finite temperature"
+        return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy chose, and why.
+
+    ``lr`` and ``batch_size`` are the settings to apply (equal to the inputs when nothing
+    changes). ``limited_by`` names every clamp that bound a knob: ``"lr_min"``, ``"lr_max"``,
+    ``"stability"``, ``"batch_min"``, ``"batch_max"``, ``"max_change"``.
+    """
+
+    lr: float
+    batch_size: int
+    temperature: float
+    """``T(η, B)`` at the current settings."""
+    target_temperature: float
+    """``T*`` at the current settings."""
+    predicted_temperature: float
+    """``T(lr, batch_size)`` at the new settings."""
+    changed: bool
+    reason: str
+    """``"observe"``, ``"on_target"``, ``"cool"``, ``"heat"``, ``"no_target"`` or
+    ``"non_finite"``."""
+    limited_by: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One epoch's decision as history records it: why (a readable ``reason``), the targets
+    the signals gave, and the :class:`Decision` (``None`` where the observation held every
+    knob, :meth:`Observation.hold_reason`)."""
+
+    reason: str
+    critical_temperature: float = math.nan
+    target_temperature: float = math.nan
+    decision: Decision | None = None
