@@ -1,4 +1,4 @@
-"""Termination: stop when too few escapes are expected in the remaining budget (seed 000 6.3).
+"""Termination: stop when neither escapes nor cooling are worth the compute (seed 000 6.3).
 
 Pure logic: no Lightning. The callback feeds one check per estimate and turns the answer into
 ``trainer.should_stop`` through ``trainer.strategy.reduce_boolean_decision``.
@@ -20,20 +20,41 @@ class StopReason(enum.Enum):
     """Why the callback stopped training (kept in its state as ``.value``)."""
 
     NOT_STOPPED = "not_stopped"
-    ESCAPES_EXHAUSTED = "escapes_exhausted"
-    """``k·R·c < 1`` held for ``patience`` consecutive checks, at or after ``min_epochs``, and
-    (with a monitor) the monitored metric did not improve at any of them."""
+    COLDEST_SETTING = "coldest_setting"
+    """Thermalized at the coldest temperature the limits allow, and ``k·R·c < 1`` on the
+    measured pathways, for ``patience`` consecutive checks (at or after ``min_epochs``; with a
+    monitor, while it did not improve)."""
+    COOLING_NOT_WORTH = "cooling_not_worth"
+    """Thermalized, what cooling could still remove is below ``1/c`` of the training loss, and
+    ``k·R·c < 1`` on the measured pathways, for ``patience`` consecutive checks."""
+
+
+_LEGACY_REASONS = {"escapes_exhausted": StopReason.COOLING_NOT_WORTH.value}
+
+_SETTLED = {
+    StopReason.COLDEST_SETTING: "thermalized at the coldest setting the limits allow",
+    StopReason.COOLING_NOT_WORTH: (
+        "thermalized, and what cooling could still remove is below 1/compute_cost of the "
+        "training loss"
+    ),
+}
 
 
 class TerminationRule:
-    r"""Seed 000 section 6.3's stopping rule with SPEC 5's guards.
+    r"""Seed 000 section 6.3's stopping rule, with nothing left to gain from cooling, guarded.
 
     .. math::
 
         \text{condition} \iff k_{\text{total}}\,R\,c < 1
+        \ \wedge\ \text{thermalized with no cooling worth it}
 
-    with ``k_total`` the escape rate per step, ``R`` the remaining steps and ``c ≥ 0`` the
-    compute-cost weight (:func:`kramers_callback.kramers.should_stop`; ``c = 0`` never stops).
+    with ``k_total`` the escape rate per step of the *measured* pathways (a direction with no
+    barrier within reach is an unmeasured pathway, never a zero rate: it is the second part
+    that covers it), ``R`` the remaining steps and ``c ≥ 0`` the compute-cost weight
+    (:func:`kramers_callback.kramers.should_stop`; ``c = 0`` never stops). The second part is
+    the caller's: a :class:`StopReason` saying why nothing is left to gain, or ``None``
+    (still descending, or a cooling step is still worth it), so a run that still descends never
+    stops by the rule alone (docs/theory.md, "The equilibrium regime").
     Guards: training stops only when the condition (and, with a monitor, "the monitored value
     did not improve by more than ``min_delta`` on its best so far") has held at ``patience``
     consecutive checks, and only once ``min_epochs`` epochs are complete. A check without a
@@ -97,18 +118,24 @@ class TerminationRule:
         rate: float,
         remaining_steps: float,
         epochs_completed: int,
+        settled: StopReason | None,
         monitor_value: float | None = None,
     ) -> bool:
         """One check; ``True`` when training should stop now.
 
         Args:
+            settled: why nothing is left to gain from cooling
+                (:attr:`StopReason.COLDEST_SETTING` or :attr:`StopReason.COOLING_NOT_WORTH`),
+                or ``None`` when something is.
             rate: ``k_total ≥ 0`` per step (``inf`` allowed).
             remaining_steps: ``R``, steps left in the budget at the current batch size.
             epochs_completed: epochs finished so far.
             monitor_value: the monitored metric now (``None`` when unavailable); ignored
                 without ``use_monitor``.
         """
-        condition = should_stop(
+        if settled not in (None, *_SETTLED):
+            raise ValueError(f"settled must be None or one of {list(_SETTLED)}, got {settled!r}")
+        condition = settled is not None and should_stop(
             rate=rate, remaining_steps=remaining_steps, compute_cost=self.compute_cost
         )
         if self.use_monitor:
@@ -117,14 +144,15 @@ class TerminationRule:
         if self.reason is not StopReason.NOT_STOPPED:
             return True
         if self.wait_count >= self.patience and epochs_completed >= self.min_epochs:
-            self.reason = StopReason.ESCAPES_EXHAUSTED
+            assert settled is not None
+            self.reason = settled
             self.stopped_epoch = epochs_completed
             expected = rate * max(remaining_steps, 0.0)
             self.message = (
                 f"KramersCallback stopped training after {epochs_completed} epochs: "
-                f"{expected:.3g} escapes expected in the remaining {remaining_steps:.0f} steps "
-                f"(rate {rate:.3g}/step) is below 1/compute_cost = {1 / self.compute_cost:.3g} "
-                f"for {self.wait_count} consecutive estimates"
+                f"{_SETTLED[settled]}, and {expected:.3g} escapes expected on the measured "
+                f"pathways in the remaining {remaining_steps:.0f} steps is below 1/compute_cost "
+                f"= {1 / self.compute_cost:.3g}, for {self.wait_count} consecutive checks"
                 + (", and the monitored metric stopped improving" if self.use_monitor else "")
             )
             return True
@@ -144,6 +172,8 @@ class TerminationRule:
         self.wait_count = int(state.get("wait_count", 0))
         best = state.get("best")
         self.best = None if best is None else float(best)
-        self.reason = StopReason(state.get("reason", StopReason.NOT_STOPPED.value))
+        reason = state.get("reason", StopReason.NOT_STOPPED.value)
+        # 0.1's single reason: its rule had no cooling part, so it read as "not worth it".
+        self.reason = StopReason(_LEGACY_REASONS.get(reason, reason))
         self.stopped_epoch = state.get("stopped_epoch")
         self.message = state.get("message")

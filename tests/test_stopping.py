@@ -10,9 +10,21 @@ import torch
 from kramers_callback.stopping import StopReason, TerminationRule
 
 
-def check(rule: TerminationRule, *, rate: float, remaining: float = 100.0, epoch=5, value=None):
+def check(
+    rule: TerminationRule,
+    *,
+    rate: float,
+    remaining: float = 100.0,
+    epoch=5,
+    value=None,
+    settled=StopReason.COOLING_NOT_WORTH,
+):
     return rule.check(
-        rate=rate, remaining_steps=remaining, epochs_completed=epoch, monitor_value=value
+        rate=rate,
+        remaining_steps=remaining,
+        epochs_completed=epoch,
+        settled=settled,
+        monitor_value=value,
     )
 
 
@@ -39,8 +51,8 @@ def test_patience_counts_consecutive_checks():
     assert not check(rule, rate=0.0)
     assert not check(rule, rate=0.0)
     assert check(rule, rate=0.0)
-    assert rule.reason is StopReason.ESCAPES_EXHAUSTED and rule.stopped_epoch == 5
-    assert "3 consecutive estimates" in rule.message
+    assert rule.reason is StopReason.COOLING_NOT_WORTH and rule.stopped_epoch == 5
+    assert "3 consecutive checks" in rule.message
 
 
 def test_min_epochs_guard():
@@ -80,7 +92,7 @@ def test_state_round_trip_loads_with_weights_only():
     restored = TerminationRule(compute_cost=1.0, patience=2, use_monitor=True)
     restored.load_state_dict(state)
     assert restored.state_dict() == rule.state_dict()
-    assert restored.reason is StopReason.ESCAPES_EXHAUSTED
+    assert restored.reason is StopReason.COOLING_NOT_WORTH
     empty = TerminationRule(compute_cost=1.0)
     empty.load_state_dict({})
     assert empty.reason is StopReason.NOT_STOPPED and empty.wait_count == 0
@@ -99,3 +111,32 @@ def test_state_round_trip_loads_with_weights_only():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TerminationRule(**kwargs)
+
+
+def test_a_run_with_something_left_to_gain_never_stops():
+    # Still descending, or a cooling step still worth it: no escape condition stops it.
+    rule = TerminationRule(compute_cost=100.0, patience=1)
+    assert not any(check(rule, rate=0.0, settled=None) for _ in range(5))
+    assert rule.wait_count == 0 and rule.reason is StopReason.NOT_STOPPED
+
+
+def test_each_settled_reason_is_recorded_with_its_own_line():
+    for reason, words in (
+        (StopReason.COLDEST_SETTING, "coldest setting"),
+        (StopReason.COOLING_NOT_WORTH, "1/compute_cost of the training loss"),
+    ):
+        rule = TerminationRule(compute_cost=1.0, patience=1)
+        assert check(rule, rate=0.0, settled=reason)
+        assert rule.reason is reason
+        assert words in rule.message and "\n" not in rule.message
+
+
+def test_settled_must_be_a_stop_reason():
+    with pytest.raises(ValueError, match="settled must be None or one of"):
+        check(TerminationRule(compute_cost=1.0), rate=0.0, settled=StopReason.NOT_STOPPED)
+
+
+def test_a_legacy_reason_loads():
+    rule = TerminationRule(compute_cost=1.0)
+    rule.load_state_dict({"reason": "escapes_exhausted", "wait_count": 2})
+    assert rule.reason is StopReason.COOLING_NOT_WORTH and rule.wait_count == 2

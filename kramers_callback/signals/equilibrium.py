@@ -1,0 +1,165 @@
+r"""Has SGD thermalized in its basin? A trend test of the training loss against the noise floor.
+
+Pure maths (docs/theory.md section "The equilibrium regime"); the per-step sums that feed it
+are kept on the device by :class:`kramers_callback._loss_blocks.LossBlocks`.
+
+At a fixed temperature SGD relaxes to the stationary distribution of its basin, whose mean
+loss sits a noise floor ``F`` above the bottom (:func:`kramers_callback.noise.floor.noise_floor`).
+Cooling by ``r`` buys ``G = (1 − r)F``; staying where it is buys whatever the loss still falls.
+The walker counts as **thermalized** when the drop that the training loss's own trend predicts
+for one more window is no larger than what a cooling step buys, or than the trend's own noise:
+
+.. math::
+
+    E = \frac{\max(0, -\hat b)\,W}{\max\big(G,\ z\,\operatorname{se}(\hat b)\,W\big)} \le 1,
+    \qquad z = 2,
+
+with ``b̂`` the least-squares slope of the block means of the per-batch training losses
+against the samples seen, over the last half of the dwell at the current temperature (at least
+``min_blocks`` blocks), ``W`` that window's length in samples, and ``se(b̂)`` from the
+block-to-block noise of the block means (the batch-means method, which stays honest when
+momentum or a slow mode correlates successive losses, as long as a block is longer than the
+correlation; :func:`loss_trend`).
+"Descending" is the complement: the loss still falls by more than its noise and by more than
+cooling would give. Discarding the first half of the dwell is the usual burn-in rule of MCMC
+output analysis (Geweke 1992): the relaxation right after a change of temperature is not the
+stationary state.
+
+Why this test (measured alternatives in docs/theory.md): it needs no weight decay (the
+fluctuation–dissipation relation of Yaida 2019 does), holds with momentum (Pflug's sign test
+does not), and its threshold is the physical quantity a cooling step buys: it does not fire on
+a loss that still falls by more than cooling would give, and the noise floor keeps a slow drift
+that is worth less than a cooling step from holding it off when large batches make the batch
+losses quiet (where a pure significance test of the slope never fires).
+
+Cost: ``O(blocks)`` per test, on the host, from one read of the device sums per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kramers_callback._validation import check_positive_int
+
+__all__ = ["NOISE_Z", "EquilibriumReading", "LossBlock", "equilibrium_test", "loss_trend"]
+
+NOISE_Z = 2.0
+"""Standard errors of the trend within which a drop counts as noise (a two-sided 95% band)."""
+
+
+@dataclass(frozen=True)
+class LossBlock:
+    """Mean per-batch training loss over a run of consecutive batches."""
+
+    mean: float
+    position: float
+    """Mean of the samples-seen counter over the block's batches (the x of the trend)."""
+    samples: int
+
+
+@dataclass(frozen=True)
+class EquilibriumReading:
+    """One equilibrium test."""
+
+    statistic: float
+    """``E`` of the module docstring: thermalized when ``≤ 1``; ``nan`` when undefined."""
+    thermalized: bool
+    slope: float
+    """Loss per sample over the window (negative: still descending)."""
+    slope_error: float
+    window_samples: float
+    gain: float
+    """``G``, the loss one cooling step removes."""
+    num_blocks: int
+    reason: str
+    """Why it is (not) thermalized, for the history."""
+
+
+def loss_trend(blocks: Sequence[LossBlock]) -> tuple[float, float]:
+    r"""Least-squares slope of the block means against their positions, and its standard error.
+
+    .. math::
+
+        \hat b = \frac{\sum_j (x_j - \bar x)(y_j - \bar y)}{\sum_j (x_j - \bar x)^2},\qquad
+        \operatorname{se}(\hat b)^2 = \frac{\hat\sigma^2}{\sum_j (x_j - \bar x)^2},\qquad
+        \hat\sigma^2 = \frac{\sum_{j} (r_{j+1} - r_j)^2}{2(m - 1)}
+
+    with ``r_j`` the residuals of the fit. ``σ̂²`` is von Neumann's mean square successive
+    difference (von Neumann et al. 1941): it measures the block-to-block noise and, unlike
+    the residual variance, is not inflated by a trend that curves inside the window (an
+    exponential relaxation), which would otherwise pass a descent off as noise. ``m ≥ 3``
+    blocks; ``(nan, nan)`` with fewer or with no spread of positions. Cost: ``O(m)``.
+    """
+    m = len(blocks)
+    if m < 3:
+        return math.nan, math.nan
+    xs = [b.position for b in blocks]
+    ys = [b.mean for b in blocks]
+    x_bar = math.fsum(xs) / m
+    y_bar = math.fsum(ys) / m
+    sxx = math.fsum((x - x_bar) ** 2 for x in xs)
+    if not sxx > 0:
+        return math.nan, math.nan
+    slope = math.fsum((x - x_bar) * (y - y_bar) for x, y in zip(xs, ys, strict=True)) / sxx
+    residuals = [y - y_bar - slope * (x - x_bar) for x, y in zip(xs, ys, strict=True)]
+    mssd = math.fsum((b - a) ** 2 for a, b in zip(residuals, residuals[1:])) / (2 * (m - 1))
+    return slope, math.sqrt(mssd / sxx)
+
+
+def equilibrium_test(
+    dwell: Sequence[LossBlock], *, gain: float, min_blocks: int = 8
+) -> EquilibriumReading:
+    r"""Test the blocks since the last change of temperature (module docstring).
+
+    Args:
+        dwell: the loss blocks since the temperature last changed, oldest first.
+        gain: ``G > 0``, what one cooling step would remove (``nan`` or ``≤ 0``: untestable).
+        min_blocks: the smallest window; the test waits until the dwell holds this many.
+
+    Returns:
+        An :class:`EquilibriumReading`; not thermalized whenever anything is undefined or
+        non-finite.
+    """
+    min_blocks = check_positive_int("min_blocks", min_blocks, minimum=3)
+    n = len(dwell)
+    window = list(dwell[n - max(min_blocks, n // 2) :]) if n >= min_blocks else []
+
+    def reading(statistic: float, slope: float, error: float, span: float, reason: str):
+        return EquilibriumReading(
+            statistic=statistic,
+            thermalized=statistic <= 1.0,
+            slope=slope,
+            slope_error=error,
+            window_samples=span,
+            gain=gain,
+            num_blocks=len(window),
+            reason=reason,
+        )
+
+    if not window:
+        return reading(math.nan, math.nan, math.nan, 0.0, f"dwell of {n} < {min_blocks} blocks")
+    if not all(math.isfinite(b.mean) for b in window):
+        return reading(math.nan, math.nan, math.nan, 0.0, "non-finite training loss")
+    # The window spans from the first block's start to the last block's end: block positions are
+    # centres, so add half a block at each side.
+    span = window[-1].position - window[0].position
+    span += 0.5 * (window[0].samples + window[-1].samples)
+    slope, error = loss_trend(window)
+    if not (math.isfinite(slope) and math.isfinite(error)):
+        return reading(math.nan, slope, error, span, "no trend: blocks without spread")
+    if not (math.isfinite(gain) and gain > 0):
+        return reading(math.nan, slope, error, span, "no noise floor to compare with")
+    drop = max(0.0, -slope) * span
+    noise = NOISE_Z * error * span
+    statistic = drop / max(gain, noise)
+    verdict = "thermalized" if statistic <= 1.0 else "descending"
+    return reading(
+        statistic,
+        slope,
+        error,
+        span,
+        f"{verdict}: trend drop {drop:.3g} per window vs cooling gain {gain:.3g} and "
+        f"trend noise {noise:.3g}",
+    )

@@ -1,0 +1,213 @@
+"""The noise floor and the equilibrium test against known answers.
+
+- A quadratic with a chosen Hessian and per-sample noise: the stationary covariance solves the
+  Lyapunov equation ``HS + SH = η Σ_B``, so the floor ``½ tr(HS) = η tr Σ_B / 4`` is exact, and
+  simulated SGD relaxes to it; the test must reject equilibrium during the descent from far
+  away and accept it after burn-in.
+- The double well ``x⁴ − 3x² + y²`` at a temperature far below its barrier: inside a well the
+  walker is stationary, and the test says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.stats
+import torch
+
+from kramers_callback._loss_blocks import Dwell, LossBlocks
+from kramers_callback.noise.floor import COOLING_FACTOR, cooling_factor, cooling_gain, noise_floor
+from kramers_callback.regime import Phase, classify_phase, cooling_value
+from kramers_callback.signals.equilibrium import LossBlock, equilibrium_test, loss_trend
+
+
+def _spd(rng: np.random.Generator, eigenvalues: np.ndarray) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
+    return (q * eigenvalues) @ q.T
+
+
+def test_floor_is_half_trace_of_h_times_the_lyapunov_covariance():
+    rng = np.random.default_rng(0)
+    d, lr, batch = 12, 0.01, 8
+    h = _spd(rng, np.geomspace(0.1, 10.0, d))
+    sigma_1 = _spd(rng, rng.uniform(0.5, 3.0, d))
+    sigma_b = sigma_1 / batch
+    s = scipy.linalg.solve_continuous_lyapunov(h, lr * sigma_b)  # H S + S H = η Σ_B
+    exact = 0.5 * np.trace(h @ s)
+    floor = noise_floor(lr=lr, noise_trace=float(np.trace(sigma_1)), batch_size=batch)
+    assert floor == pytest.approx(exact, rel=1e-10)
+    # Without replacement the finite-population factor enters as it does for Σ_B.
+    n = 100
+    finite = noise_floor(lr=lr, noise_trace=1.0, batch_size=batch, dataset_size=n)
+    assert finite == pytest.approx(lr * (n - batch) / (batch * (n - 1)) / 4)
+
+
+def test_cooling_factor_and_gain():
+    assert COOLING_FACTOR == 0.5
+    assert cooling_factor(max_change=2.0) == 0.5
+    assert cooling_factor(max_change=10.0) == 0.5  # the optimum, not the largest allowed
+    assert cooling_factor(max_change=1.25) == pytest.approx(0.8)
+    assert cooling_gain(floor=0.4) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="max_change must be"):
+        cooling_factor(max_change=1.0)
+    with pytest.raises(ValueError, match="floor must be"):
+        cooling_gain(floor=-1.0)
+
+
+def _quadratic_sgd(
+    *, steps: int, seed: int, start: float = 0.0, lr: float = 0.02, batch: int = 4, d: int = 8
+):
+    """SGD on ``ℓ_i = ½θᵀHθ + a_iᵀθ`` with centred ``a_i`` (``Σ₁ = Cov(a)``), from ``start``
+    along the flattest direction; returns the per-step batch losses and the exact floor."""
+    rng = np.random.default_rng(seed)
+    h = np.diag(np.geomspace(0.1, 5.0, d))
+    cov = np.diag(rng.uniform(1.0, 4.0, d))
+    chol = np.linalg.cholesky(cov)
+    theta = np.zeros(d)
+    theta[0] = start
+    losses = np.empty(steps)
+    for t in range(steps):
+        a_bar = (rng.standard_normal((batch, d)) @ chol.T).mean(axis=0)
+        losses[t] = 0.5 * theta @ h @ theta + a_bar @ theta
+        theta = theta - lr * (h @ theta + a_bar)
+    floor = noise_floor(lr=lr, noise_trace=float(np.trace(cov)), batch_size=batch)
+    return losses, floor
+
+
+def _blocks(losses: np.ndarray, per_block: int, batch: int = 4) -> list[LossBlock]:
+    blocks = []
+    for start in range(0, len(losses) - per_block + 1, per_block):
+        chunk = losses[start : start + per_block]
+        positions = batch * (np.arange(start, start + per_block) + 1)
+        blocks.append(LossBlock(float(chunk.mean()), float(positions.mean()), batch * per_block))
+    return blocks
+
+
+def test_quadratic_sgd_relaxes_to_the_floor():
+    losses, floor = _quadratic_sgd(steps=200_000, seed=1)
+    # E[L − L₀] = η tr Σ_B / 4 up to O(ηλ) (η λ_max = 0.1 here) and sampling error.
+    assert losses[5000:].mean() == pytest.approx(floor, rel=0.1)
+
+
+def test_equilibrium_rejected_during_descent_and_accepted_after_burn_in():
+    descending, thermalized = [], []
+    for seed in range(10):
+        # From L₀ = ½·0.1·30² = 45 ≈ 10⁴ F along the flattest mode, whose loss relaxes as
+        # e^{−2ηλt} = e^{−t/250}: the first 400 steps are a descent.
+        losses, floor = _quadratic_sgd(steps=8000, seed=seed, start=30.0, batch=16)
+        gain = cooling_gain(floor=floor)
+        early = _blocks(losses[:400], per_block=25, batch=16)
+        descending.append(equilibrium_test(early, gain=gain, min_blocks=8))
+        # A dwell of 160 blocks, tested on its last 80 (steps 4000–8000, 16 relaxation times
+        # of the slowest mode after the start).
+        thermalized.append(equilibrium_test(_blocks(losses, 50, batch=16), gain=gain))
+    assert all(not r.thermalized and r.statistic > 1 for r in descending)
+    assert sum(r.thermalized for r in thermalized) >= 9
+    assert all(r.num_blocks == 80 for r in thermalized)
+
+
+def test_equilibrium_inside_a_double_well_far_below_its_barrier():
+    # x⁴ − 3x² + y² with per-sample tilts a_i; T_x = η Var(a_x) / (2B) ≪ ΔL = 9/4.
+    rng = np.random.default_rng(3)
+    lr, batch, steps = 0.01, 4, 20_000
+    cov = np.array([4.0, 1.0])
+    theta = np.array([math.sqrt(1.5), 0.0])
+    losses, exact = np.empty(steps), np.empty(steps)
+    for t in range(steps):
+        a_bar = (rng.standard_normal((batch, 2)) * np.sqrt(cov)).mean(axis=0)
+        x, y = theta
+        exact[t] = x**4 - 3 * x**2 + y**2
+        losses[t] = exact[t] + a_bar @ theta  # what the training step sees
+        grad = np.array([4 * x**3 - 6 * x, 2 * y]) + a_bar
+        theta = theta - lr * grad
+    temperature_x = lr * cov[0] / batch / 2
+    assert 2.25 / temperature_x > 400  # far below the barrier: no escape in any horizon
+    assert theta[0] > 0  # never left its well
+    floor = noise_floor(lr=lr, noise_trace=float(cov.sum()), batch_size=batch)
+    reading = equilibrium_test(_blocks(losses, 250), gain=cooling_gain(floor=floor))
+    assert reading.thermalized, reading.reason
+    # Inside its well the walker sits at the floor above the minimum L₀ = −9/4 (the batch
+    # losses' tilt a_Bᵀθ averages to zero but is far too noisy to show it).
+    assert exact[2000:].mean() + 2.25 == pytest.approx(floor, rel=0.15)
+
+
+def test_loss_trend_is_the_least_squares_slope():
+    rng = np.random.default_rng(0)
+    xs = np.arange(20.0) * 10
+    ys = 3.0 - 0.01 * xs + 0.05 * rng.standard_normal(20)
+    slope, error = loss_trend([LossBlock(float(y), float(x), 10) for x, y in zip(xs, ys)])
+    fit = scipy.stats.linregress(xs, ys)
+    assert slope == pytest.approx(fit.slope, rel=1e-12)
+    residuals = ys - fit.intercept - fit.slope * xs
+    mssd = np.sum(np.diff(residuals) ** 2) / (2 * 19)
+    assert error == pytest.approx(math.sqrt(mssd / np.sum((xs - xs.mean()) ** 2)), rel=1e-10)
+    # For independent noise both spreads estimate the same σ: within sampling error here.
+    assert error == pytest.approx(fit.stderr, rel=0.5)
+    assert all(math.isnan(v) for v in loss_trend([LossBlock(1.0, 0.0, 1)] * 2))
+
+
+def test_untestable_readings_are_not_thermalized():
+    flat = [LossBlock(1.0 + 0.01 * (-1) ** i, 10.0 * i, 10) for i in range(10)]
+    assert equilibrium_test(flat, gain=1.0).thermalized
+    short = equilibrium_test(flat[:5], gain=1.0, min_blocks=8)
+    assert not short.thermalized and "dwell of 5" in short.reason
+    assert not equilibrium_test(flat, gain=math.nan).thermalized
+    bad = [*flat[:-1], LossBlock(math.nan, 100.0, 10)]
+    assert not equilibrium_test(bad, gain=1.0).thermalized
+
+
+def test_loss_blocks_sum_on_the_device_and_survive_a_checkpoint():
+    blocks = LossBlocks(blocks_per_epoch=4)
+    blocks.start_epoch(10, torch.device("cpu"))
+    losses = torch.linspace(2.0, 1.0, 10)
+    seen = 0
+    for i, loss in enumerate(losses[:6]):
+        seen += 8
+        blocks.add(loss, batch_idx=i, samples=8, position=seen)
+    state = blocks.state_dict()
+    resumed = LossBlocks(blocks_per_epoch=4)
+    resumed.start_epoch(10, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    for target in (blocks, resumed):
+        s = seen
+        for i, loss in enumerate(losses[6:], start=6):
+            s += 8
+            target.add(loss, batch_idx=i, samples=8, position=s)
+    read, read_resumed = blocks.read(), resumed.read()
+    assert read == read_resumed
+    # Batches 0–2, 3–4, 5–7, 8–9 fall in blocks 0, 1, 2, 3 (index = i·4 // 10).
+    groups = [[0, 1, 2], [3, 4], [5, 6, 7], [8, 9]]
+    for block, group in zip(read, groups, strict=True):
+        assert block.mean == pytest.approx(float(losses[group].mean()))
+        assert block.position == pytest.approx(8 * (np.mean(group) + 1))
+        assert block.samples == 8 * len(group)
+    dwell = Dwell()
+    dwell.extend(read)
+    restored = Dwell()
+    restored.load_state_dict(dwell.state_dict())
+    assert restored.blocks == dwell.blocks
+
+
+def test_phase_and_cooling_value():
+    assert classify_phase(trapped=True, thermalized=False) is Phase.TRAPPED
+    assert classify_phase(trapped=False, thermalized=True) is Phase.THERMALIZED
+    assert classify_phase(trapped=False, thermalized=False) is Phase.DESCENDING
+    assert [p.value for p in Phase] == [0, 1, 2]
+    # F = 0.2 at T = 1; cooling to T_min = 0.5 removes 0.1, a fifth of L = 0.5.
+    value = cooling_value(floor=0.2, temperature=1.0, coldest_temperature=0.5, loss=0.5,
+                          compute_cost=5.0)
+    assert value.removable == pytest.approx(0.1) and value.relative == pytest.approx(0.2)
+    assert value.worth_it  # c · 0.2 = 1
+    assert not cooling_value(floor=0.2, temperature=1.0, coldest_temperature=0.5, loss=0.5,
+                             compute_cost=4.0).worth_it
+    free = cooling_value(floor=1e-9, temperature=1.0, coldest_temperature=0.5, loss=1.0,
+                         compute_cost=0.0)
+    assert free.worth_it  # c = 0: compute is free, cool down to the coldest setting
+    coldest = cooling_value(floor=0.2, temperature=0.5, coldest_temperature=0.5, loss=0.5,
+                            compute_cost=0.0)
+    assert coldest.at_coldest and not coldest.worth_it
+    assert not cooling_value(floor=math.nan, temperature=1.0, coldest_temperature=0.5,
+                             loss=1.0, compute_cost=1.0).worth_it
