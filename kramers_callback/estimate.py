@@ -143,13 +143,14 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda name, value: None if value is None else check(name, value)
 
 
-def _check_instance(kind: type) -> Callable[[str, Any], Any]:
-    def check(name: str, value: Any) -> Any:
-        if not isinstance(value, kind):
-            raise ValueError(f"{name} must be a {kind.__name__} or None, got {value!r}")
-        return value
-
-    return check
+def _check_warm_start(name: str, value: Any) -> Any:
+    # Only the eigenvectors are read, so anything that carries them will do.
+    if not (hasattr(value, "eigenvectors") and hasattr(value, "min_eigenvector")):
+        raise ValueError(
+            f"{name} must be a KramersEstimate (or hold its eigenvectors and min_eigenvector) "
+            f"or None, got {value!r}"
+        )
+    return value
 
 
 def _check_dtype(name: str, value: Any) -> torch.dtype:
@@ -181,7 +182,7 @@ _OPTION_RULES: dict[str, Callable[[str, Any], Any]] = {
     "trace_tol": check_positive,
     "max_trace_samples": lambda n, v: check_positive_int(n, v, minimum=2),
     "compute_trace": check_bool,
-    "warm_start": _optional(_check_instance(KramersEstimate)),
+    "warm_start": _optional(_check_warm_start),
     "preconditioner": _optional(_check_preconditioner),
     "seed": lambda n, v: check_positive_int(n, v, minimum=0),
     "max_scan_evals": lambda n, v: check_positive_int(n, v, minimum=3),
