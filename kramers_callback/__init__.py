@@ -6,7 +6,9 @@ from kramers_callback.estimate import (
     NonFiniteLossError,
     Pathway,
     PathwayStatus,
+    check_top_k,
     estimate,
+    validate_estimate_options,
 )
 from kramers_callback.lr_scheduler import KramersAnnealingLR
 
@@ -17,7 +19,9 @@ __all__ = [
     "NonFiniteLossError",
     "Pathway",
     "PathwayStatus",
+    "check_top_k",
     "estimate",
+    "validate_estimate_options",
 ]
 
 __version__ = "0.1.0"

@@ -121,6 +121,12 @@ class ProbeLoss:
         self.dim = int(self.x0.numel())
         self.batches = [move_batch(b, self.device) for b in batches]
         self.batch_sizes = [batch_size_of(b) for b in self.batches]
+        empty = [i for i, size in enumerate(self.batch_sizes) if size == 0]
+        if empty:
+            raise ValueError(
+                f"batches must each hold at least one sample, got empty batch(es) at index "
+                f"{empty} (sizes {self.batch_sizes})"
+            )
         self.num_samples = int(sum(self.batch_sizes))
         self.num_forward = 0
         # Buffers stay those of the model; parameters outside the trainable set stay fixed.

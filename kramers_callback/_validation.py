@@ -86,6 +86,13 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """``True`` or ``False`` (not merely truthy)."""
+    if not isinstance(value, bool):
+        _fail(name, "True or False", value)
+    return value
+
+
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> Any:
     """``value`` is one of ``choices``."""
     if value not in choices:

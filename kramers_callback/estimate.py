@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,15 +18,21 @@ from torch import Tensor, nn
 
 from kramers_callback import kramers
 from kramers_callback._model_state import preserved_model_state
-from kramers_callback._probe import LossFn, ProbeLoss
+from kramers_callback._probe import LossFn, ProbeLoss, map_leaves
 from kramers_callback._validation import (
+    check_bool,
     check_choice,
     check_in_range,
     check_positive,
     check_positive_int,
 )
-from kramers_callback.barriers.line_scan import PathwayStatus, initial_step_for, scan_for_barrier
-from kramers_callback.curvature import EigenResult, make_curvature
+from kramers_callback.barriers.line_scan import (
+    PathwayStatus,
+    initial_step_for,
+    scan_for_barrier,
+    untilted,
+)
+from kramers_callback.curvature import BACKENDS, EigenResult, make_curvature
 from kramers_callback.noise import (
     directional_temperature,
     directional_variance,
@@ -130,6 +136,106 @@ class NonFiniteLossError(ValueError):
 
 
 NOISE_ESTIMATORS = ("per_sample", "micro_batch")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def _check_warm_start(name: str, value: Any) -> Any:
+    # Only the eigenvectors are read, so anything that carries them will do.
+    if not (hasattr(value, "eigenvectors") and hasattr(value, "min_eigenvector")):
+        raise ValueError(
+            f"{name} must be a KramersEstimate (or hold its eigenvectors and min_eigenvector) "
+            f"or None, got {value!r}"
+        )
+    return value
+
+
+def _check_dtype(name: str, value: Any) -> torch.dtype:
+    if value not in _FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a floating torch.dtype or None, got {value!r}")
+    return value
+
+
+def _check_preconditioner(name: str, value: Any) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name} must be a Tensor[d] or None, got {type(value).__name__}")
+    if not (bool(torch.all(value > 0)) and bool(torch.isfinite(value).all())):
+        raise ValueError(f"{name} must hold finite values > 0, got other values")
+    return value
+
+
+_OPTION_RULES: dict[str, Callable[[str, Any], Any]] = {
+    "lr": check_positive,
+    "batch_size": check_positive_int,
+    "momentum": lambda n, v: check_in_range(n, v, 0.0, 1.0, high_open=True),
+    "dataset_size": _optional(lambda n, v: check_positive_int(n, v, minimum=2)),
+    "top_k": check_positive_int,
+    "noise": lambda n, v: check_choice(n, v, NOISE_ESTIMATORS),
+    "micro_batch_size": _optional(check_positive_int),
+    "backend": lambda n, v: check_choice(n, v, BACKENDS),
+    "kappa": check_positive,
+    "tol": check_positive,
+    "max_products": lambda n, v: check_positive_int(n, v, minimum=2),
+    "trace_tol": check_positive,
+    "max_trace_samples": lambda n, v: check_positive_int(n, v, minimum=2),
+    "compute_trace": check_bool,
+    "warm_start": _optional(_check_warm_start),
+    "preconditioner": _optional(_check_preconditioner),
+    "seed": lambda n, v: check_positive_int(n, v, minimum=0),
+    "max_scan_evals": lambda n, v: check_positive_int(n, v, minimum=3),
+    "dtype": _optional(_check_dtype),
+    "centre_probe": check_bool,
+}
+ESTIMATE_OPTIONS = tuple(_OPTION_RULES)
+"""The keywords of :func:`estimate` after ``model, loss_fn, batches``."""
+
+
+def validate_estimate_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check keywords of :func:`estimate` by the rules :func:`estimate` itself applies.
+
+    Any subset of :data:`ESTIMATE_OPTIONS` may be given, so a caller that forwards keywords
+    (the callback's ``estimate_options``) can refuse a bad value before the first estimate.
+    ``dataset_size ≥ batch_size`` is checked when both are given. Rules that need the model
+    (``top_k ≤ d``: :func:`check_top_k`; the preconditioner's length) are checked at the
+    estimate. Cost: none beyond a pass over a tensor ``preconditioner``.
+
+    Returns:
+        A new dict with the same keys and the checked values (numbers as ``float``/``int``).
+
+    Raises:
+        ValueError: ``"<name> must be <rule>, got <value>"`` for the first bad value, or an
+            unknown key.
+    """
+    if not isinstance(options, Mapping):
+        raise ValueError(f"options must be a mapping of estimate keywords, got {options!r}")
+    unknown = sorted(set(options) - set(_OPTION_RULES))
+    if unknown:
+        raise ValueError(
+            f"estimate options must have keys among {list(ESTIMATE_OPTIONS)}, got {unknown}"
+        )
+    checked = {name: _OPTION_RULES[name](name, value) for name, value in options.items()}
+    if checked.get("dataset_size") is not None and "batch_size" in checked:
+        check_positive_int(
+            "dataset_size", checked["dataset_size"], minimum=max(checked["batch_size"], 2)
+        )
+    return checked
+
+
+def check_top_k(top_k: int, dim: int) -> int:
+    """``1 ≤ top_k ≤ d``: no more eigenpairs than trainable parameters ``d``.
+
+    Cost: none. Raises ``ValueError`` naming ``top_k``, the rule and the value.
+    """
+    check_positive_int("top_k", top_k)
+    if top_k > dim:
+        raise ValueError(
+            f"top_k must be an integer ≤ d = {dim} (the number of trainable parameters), "
+            f"got {top_k}"
+        )
+    return top_k
 
 
 def _directions(top: EigenResult, minimum: EigenResult) -> tuple[list[str], Tensor, list[float]]:
@@ -161,13 +267,14 @@ def _scan_pathway(
     lr: float,
     kappa: float,
     max_evals: int,
+    slope: float = 0.0,
 ) -> Pathway:
     if not temperature > 0:
         # Without noise along v no barrier is ever crossed: nothing to scan for.
         return Pathway(name, curvature, temperature, PathwayStatus.NO_BARRIER_WITHIN_REACH)
     before = probe.num_forward
     scan = scan_for_barrier(
-        probe.loss_along(direction),
+        untilted(probe.loss_along(direction), slope),
         threshold=kappa * temperature,
         initial_step=initial_step_for(temperature=temperature, curvature=curvature),
         max_evals=max_evals,
@@ -222,6 +329,7 @@ def estimate(
     seed: int = 0,
     max_scan_evals: int = 60,
     dtype: torch.dtype | None = None,
+    centre_probe: bool = True,
 ) -> KramersEstimate:
     r"""Measure temperature, curvature, barriers and the Kramers escape rate on a probe set.
 
@@ -277,27 +385,43 @@ def estimate(
         seed: seeds the private generators (probe vectors, micro-batch partitions).
         max_scan_evals: loss evaluations per line scan.
         dtype: estimation dtype (default: the parameters' dtype, at least float32).
+        centre_probe: scan ``φ_c(s) = φ(s) − s·vᵀḡ`` with the probe's own mean slope removed,
+            so that the probe's sampling noise does not tilt the barrier (exact when ``x₀`` is a
+            stationary point of the full-data loss; see ``docs/theory.md`` section 3.1);
+            ``False``: the raw ``φ(s)``.
 
     Raises:
-        ValueError: for invalid arguments, empty ``batches`` or a loss of the wrong shape.
+        ValueError: for invalid arguments (:func:`validate_estimate_options`, and
+            :func:`check_top_k` against the parameter count), empty ``batches`` or empty
+            batches, or a loss of the wrong shape or without a graph to the parameters.
+        TypeError: for a loss that is not floating point, or batches whose floating dtype the
+            model cannot take at the estimation dtype.
         NonFiniteLossError: when the probe loss is not finite at the current parameters.
     """
-    check_positive("lr", lr)
-    check_positive_int("batch_size", batch_size)
-    check_in_range("momentum", momentum, 0.0, 1.0, high_open=True)
-    if dataset_size is not None:
-        check_positive_int("dataset_size", dataset_size, minimum=max(batch_size, 2))
-    check_positive_int("top_k", top_k)
-    check_choice("noise", noise, NOISE_ESTIMATORS)
-    if micro_batch_size is not None:
-        check_positive_int("micro_batch_size", micro_batch_size)
-    check_positive("kappa", kappa)
-    check_positive("tol", tol)
-    check_positive_int("max_products", max_products, minimum=2)
-    check_positive("trace_tol", trace_tol)
-    check_positive_int("max_trace_samples", max_trace_samples, minimum=2)
-    check_positive_int("max_scan_evals", max_scan_evals, minimum=3)
-    check_positive_int("seed", seed, minimum=0)
+    validate_estimate_options(
+        {
+            "lr": lr,
+            "batch_size": batch_size,
+            "momentum": momentum,
+            "dataset_size": dataset_size,
+            "top_k": top_k,
+            "noise": noise,
+            "micro_batch_size": micro_batch_size,
+            "backend": backend,
+            "kappa": kappa,
+            "tol": tol,
+            "max_products": max_products,
+            "trace_tol": trace_tol,
+            "max_trace_samples": max_trace_samples,
+            "compute_trace": compute_trace,
+            "warm_start": warm_start,
+            "preconditioner": preconditioner,
+            "seed": seed,
+            "max_scan_evals": max_scan_evals,
+            "dtype": dtype,
+            "centre_probe": centre_probe,
+        }
+    )
     batches = list(batches)
     if not batches:
         raise ValueError(
@@ -309,13 +433,7 @@ def estimate(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     with preserved_model_state(model), torch.inference_mode(False), torch.enable_grad():
         model.eval()
-        scale = None
-        if preconditioner is not None:
-            if not bool(torch.all(preconditioner > 0)) or not bool(
-                torch.isfinite(preconditioner).all()
-            ):
-                raise ValueError("preconditioner must hold finite values > 0, got other values")
-            scale = preconditioner.sqrt()
+        scale = None if preconditioner is None else preconditioner.sqrt()
         probe = ProbeLoss(model, loss_fn, batches, scale=scale, dtype=dtype)
         if scale is not None and scale.numel() != probe.dim:
             raise ValueError(
@@ -325,8 +443,7 @@ def estimate(
         _check_probe_losses(probe)
 
         curvature = make_curvature(backend, probe)
-        # A model smaller than top_k (the toys) has only dim eigenpairs to find.
-        k = min(top_k, probe.dim)
+        k = check_top_k(top_k, probe.dim)
         top_init, min_init = _warm_start_vectors(warm_start, probe.dim, k)
         top = curvature.top_eigenpairs(
             k, init=top_init, tol=tol, max_products=max_products, generator=generator
@@ -377,6 +494,10 @@ def estimate(
             )
         )
 
+        # The probe's own mean slope along each direction, removed from its line scan.
+        slopes = (
+            (directions @ moments.mean_gradient).tolist() if centre_probe else [0.0] * len(names)
+        )
         pathways = [
             _scan_pathway(
                 probe,
@@ -387,9 +508,10 @@ def estimate(
                 lr=lr_eff,
                 kappa=kappa,
                 max_evals=max_scan_evals,
+                slope=slope,
             )
-            for name, direction, lam, t_v in zip(
-                names, directions, curvatures, temperatures, strict=True
+            for name, direction, lam, t_v, slope in zip(
+                names, directions, curvatures, temperatures, slopes, strict=True
             )
         ]
 
@@ -434,16 +556,57 @@ def estimate(
 
 
 def _check_probe_losses(probe: ProbeLoss) -> None:
-    """Fail early, with the rule, on a wrongly shaped or non-finite probe loss."""
-    with torch.no_grad():
-        for batch in probe.batches:
-            losses = probe.check_losses(probe.per_sample_losses(probe.x0, batch), batch)
-            if not bool(torch.isfinite(losses).all()):
-                bad = int((~torch.isfinite(losses)).sum())
-                raise NonFiniteLossError(
-                    f"loss_fn must return finite losses at the current parameters, got {bad} "
-                    f"non-finite value(s) out of {losses.numel()}"
-                )
+    """Fail early, with the rule, on a loss of the wrong shape, type or graph, or non-finite."""
+    for index, batch in enumerate(probe.batches):
+        # The first batch also shows that the loss is differentiable in the parameters.
+        first = index == 0
+        x = probe.x0.detach().requires_grad_(first)
+        with torch.set_grad_enabled(first):
+            try:
+                losses = probe.per_sample_losses(x, batch)
+            except RuntimeError as err:
+                _raise_on_dtype_mismatch(probe, batch, index, err)
+                raise
+            losses = probe.check_losses(losses, batch)
+        if first:
+            _check_differentiable(losses)
+        if not bool(torch.isfinite(losses).all()):
+            bad = int((~torch.isfinite(losses)).sum())
+            raise NonFiniteLossError(
+                f"loss_fn must return finite losses at the current parameters, got {bad} "
+                f"non-finite value(s) out of {losses.numel()}"
+            )
+
+
+def _check_differentiable(losses: Tensor) -> None:
+    if not losses.is_floating_point():
+        raise TypeError(
+            "loss_fn must return floating-point losses (differentiable in the parameters), "
+            f"got dtype {losses.dtype}"
+        )
+    if not losses.requires_grad:
+        raise ValueError(
+            "loss_fn must return losses with a graph to the trainable parameters (not detached, "
+            "not computed under no_grad, not from .item() or argmax), got a tensor with "
+            "requires_grad=False"
+        )
+
+
+def _raise_on_dtype_mismatch(probe: ProbeLoss, batch: Any, index: int, err: Exception) -> None:
+    """A ``TypeError`` naming the dtypes when the failed forward pass met mismatched floats."""
+    found: set[torch.dtype] = set()
+    map_leaves(batch, lambda leaf: found.add(leaf.dtype) if _is_float_tensor(leaf) else None)
+    other = sorted(str(d) for d in found if d != probe.dtype)
+    if other:
+        raise TypeError(
+            f"batches must hold floating tensors the model takes at the estimation dtype "
+            f"{probe.dtype} (cast them, or pass dtype=), got {', '.join(other)} in batch "
+            f"{index}; the forward pass failed with: {err}"
+        ) from err
+
+
+def _is_float_tensor(leaf: Any) -> bool:
+    return isinstance(leaf, Tensor) and leaf.is_floating_point()
 
 
 def _warm_start_vectors(

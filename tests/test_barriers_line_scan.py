@@ -20,6 +20,7 @@ from kramers_callback.barriers import (
     PathwayStatus,
     initial_step_for,
     scan_for_barrier,
+    untilted,
 )
 
 SQRT15 = math.sqrt(1.5)
@@ -364,3 +365,18 @@ def test_scan_through_probe_loss_counts_one_forward_pass_per_evaluation():
     result = scan_for_barrier(phi, threshold=5.0, initial_step=THERMAL_STEP)
     assert_barrier(result, distance=SQRT15, barrier=9 / 4, curvature=-6.0, rel_curvature=1e-4)
     assert probe.num_forward == 2 * result.num_evals  # two probe batches per evaluation
+
+
+def test_untilted_removes_a_linear_tilt_exactly():
+    # φ(s) = ((s − 1)² − 1)² / 4 has a minimum at s = 0; tilted by 0.1·s. With the tilt removed the
+    # barrier is the untilted 1/4 at s = 1, with λ_b = φ"(1) = −1.
+    def tilted(s: float) -> float:
+        u = s - 1.0
+        return (u * u - 1.0) ** 2 / 4 + 0.1 * s
+
+    raw = scan_for_barrier(tilted, threshold=5.0, initial_step=0.05)
+    centred = scan_for_barrier(untilted(tilted, 0.1), threshold=5.0, initial_step=0.05)
+    assert raw.barrier == pytest.approx(0.25 + 0.1, rel=0.05)  # the tilt adds 0.1·s*
+    assert centred.barrier == pytest.approx(0.25, rel=1e-6)
+    assert centred.barrier_curvature == pytest.approx(-1.0, rel=1e-3)
+    assert untilted(tilted, 0.0) is tilted

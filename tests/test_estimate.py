@@ -52,7 +52,8 @@ COV = torch.tensor([[360.0, 0.0], [0.0, 40.0]], dtype=torch.float64)
 def well_estimate() -> kc.KramersEstimate:
     a = centred_noise(N, COV)
     model = DoubleWell()
-    return kc.estimate(model, double_well_loss, a.split(128), lr=LR, batch_size=BATCH)
+    # top_k = d = 2: both eigenvectors of the 2-D problem.
+    return kc.estimate(model, double_well_loss, a.split(128), lr=LR, batch_size=BATCH, top_k=2)
 
 
 def simulate_sgd_escape_rate(
@@ -122,6 +123,7 @@ def test_double_well_alternative_estimators_agree(well_estimate):
         a.split(128),
         lr=LR,
         batch_size=BATCH,
+        top_k=2,
         noise="micro_batch",
         micro_batch_size=16,
         backend="pyhessian",
@@ -288,7 +290,7 @@ def test_estimate_is_deterministic_given_seed():
 )
 def test_bad_arguments_name_argument_rule_and_value(kwargs, match):
     a = centred_noise(16, COV)
-    args = {"lr": LR, "batch_size": BATCH, **kwargs}
+    args = {"lr": LR, "batch_size": BATCH, "top_k": 2, **kwargs}
     with pytest.raises(ValueError, match=match):
         kc.estimate(DoubleWell(), double_well_loss, [a], **args)
 
@@ -323,3 +325,133 @@ def test_rate_is_kramers_formula_of_its_parts(well_estimate):
         temperature=path.temperature,
     )
     assert path.rate == pytest.approx(expected, rel=1e-12)
+
+
+# -- one validator for every estimate keyword (the callback's estimate_options) ----------------
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"kappa": -1}, r"kappa must be a finite number > 0, got -1$"),
+        ({"tol": math.nan}, r"tol must be a finite number > 0, got nan$"),
+        ({"trace_tol": 0.0}, r"trace_tol must be a finite number > 0, got 0\.0$"),
+        ({"backend": "foo"}, r"backend must be one of \['native', 'pyhessian'\], got 'foo'$"),
+        ({"micro_batch_size": 0}, r"micro_batch_size must be an integer ≥ 1, got 0$"),
+        ({"noise": "bogus"}, r"noise must be one of .*, got 'bogus'$"),
+        ({"max_products": 1}, r"max_products must be an integer ≥ 2, got 1$"),
+        ({"max_scan_evals": 2}, r"max_scan_evals must be an integer ≥ 3, got 2$"),
+        ({"centre_probe": "yes"}, r"centre_probe must be True or False, got 'yes'$"),
+        ({"compute_trace": 1}, r"compute_trace must be True or False, got 1$"),
+        (
+            {"dtype": torch.int64},
+            r"dtype must be a floating torch\.dtype or None, got torch\.int64",
+        ),
+        ({"warm_start": 3}, r"warm_start must be a KramersEstimate .*or None, got 3$"),
+        ({"batch_size": 8, "dataset_size": 4}, r"dataset_size must be an integer ≥ 8, got 4"),
+        ({"kapa": 1.0}, r"estimate options must have keys among .*, got \['kapa'\]$"),
+    ],
+)
+def test_validator_names_argument_rule_and_value(options, match):
+    with pytest.raises(ValueError, match=match):
+        kc.validate_estimate_options(options)
+
+
+def test_estimate_applies_the_same_validator():
+    a = centred_noise(16, COV)
+    for options, match in [({"kappa": -1}, r"kappa must be"), ({"tol": math.nan}, r"tol must")]:
+        with pytest.raises(ValueError, match=match):
+            kc.estimate(DoubleWell(), double_well_loss, [a], lr=LR, batch_size=BATCH, **options)
+    good = {"noise": "micro_batch", "kappa": 5, "tol": 1e-4, "centre_probe": False}
+    assert kc.validate_estimate_options(good) == good
+
+
+def test_top_k_above_the_parameter_count_names_top_k():
+    model = nn.Linear(10, 6).double()  # d = 66
+    x = torch.randn(8, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def loss_fn(m, batch):
+        return m(batch).square().sum(1)
+
+    with pytest.raises(ValueError, match=r"^top_k must be an integer ≤ d = 66 .*, got 100$"):
+        kc.estimate(model, loss_fn, [x], lr=0.1, batch_size=4, top_k=100, max_products=30)
+    assert kc.check_top_k(66, 66) == 66
+    with pytest.raises(ValueError, match=r"top_k must be an integer ≤ d = 2 .*, got 3$"):
+        kc.check_top_k(3, 2)
+
+
+# -- bad probe data: a clear error instead of a raw torch error --------------------------------
+def test_an_empty_batch_is_refused_by_name():
+    a = centred_noise(16, COV)
+    with pytest.raises(ValueError, match=r"batches must each hold at least one sample.*\[1\]"):
+        kc.estimate(DoubleWell(), double_well_loss, [a, a[:0]], lr=LR, batch_size=BATCH, top_k=2)
+    with pytest.raises(ValueError, match=r"batches must each hold at least one sample.*\[0\]"):
+        kc.estimate(DoubleWell(), double_well_loss, [a[:0]], lr=LR, batch_size=BATCH, top_k=2)
+
+
+def test_batches_of_another_dtype_than_the_model_name_both_dtypes():
+    a = centred_noise(16, COV).float()  # the model is float64
+    with pytest.raises(TypeError, match=r"estimation dtype torch\.float64.*got torch\.float32"):
+        kc.estimate(DoubleWell(), double_well_loss, [a], lr=LR, batch_size=BATCH, top_k=2)
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "error", "match"),
+    [
+        (lambda m, b: (m(b) > 0).long(), TypeError, r"floating-point.*got dtype torch\.int64"),
+        (lambda m, b: m(b).detach(), ValueError, r"graph to the trainable.*requires_grad=False"),
+    ],
+)
+def test_a_loss_without_a_graph_is_refused(loss_fn, error, match):
+    a = centred_noise(16, COV)
+    with pytest.raises(error, match=match):
+        kc.estimate(DoubleWell(), loss_fn, [a], lr=LR, batch_size=BATCH, top_k=2)
+
+
+# -- the probe's own mean gradient must not tilt the barrier it measures -----------------------
+PROBE, DRAWS = 256, 30
+
+
+def probe_rate_ratios(simulated: float, *, centre_probe: bool) -> list[float]:
+    """Predicted / simulated rate at the minimum, over ``DRAWS`` random ``PROBE``-sample probes."""
+    a = centred_noise(N, COV)
+    ratios = []
+    for draw in range(DRAWS):
+        index = torch.randperm(N, generator=torch.Generator().manual_seed(100 + draw))[:PROBE]
+        est = kc.estimate(
+            DoubleWell(),
+            double_well_loss,
+            [a[index]],
+            lr=LR,
+            batch_size=BATCH,
+            top_k=2,
+            compute_trace=False,
+            centre_probe=centre_probe,
+        )
+        ratios.append(est.escape_rate / simulated)
+    return ratios
+
+
+def test_centred_probe_gives_the_double_well_rate_within_x2_in_80_percent_of_probes():
+    simulated, escapes = simulate_sgd_escape_rate(
+        centred_noise(N, COV), lr=LR, batch=BATCH, walkers=4000, steps=3000, seed=1
+    )
+    assert escapes > 300
+
+    def within_x2(ratios):
+        return sum(0.5 <= r <= 2.0 for r in ratios) / len(ratios)
+
+    centred = within_x2(probe_rate_ratios(simulated, centre_probe=True))
+    raw = within_x2(probe_rate_ratios(simulated, centre_probe=False))
+    assert centred >= 0.8
+    # The raw scan inherits the probe's tilt ā·s* on ΔL: most probes miss by more than ×2.
+    assert raw < 0.5
+
+
+def test_centring_leaves_a_noise_free_probe_unchanged():
+    # A probe that is the whole (exactly centred) data set has the true gradient, 0 at the
+    # minimum: centring must change nothing there.
+    a = centred_noise(N, COV)
+    common = {"lr": LR, "batch_size": BATCH, "top_k": 2, "compute_trace": False}
+    raw = kc.estimate(DoubleWell(), double_well_loss, [a], centre_probe=False, **common)
+    centred = kc.estimate(DoubleWell(), double_well_loss, [a], **common)
+    assert centred.escape_rate == pytest.approx(raw.escape_rate, rel=1e-6)
+    assert centred.barrier == pytest.approx(9 / 4, rel=0.02)

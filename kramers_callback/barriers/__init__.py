@@ -12,6 +12,7 @@ from kramers_callback.barriers.line_scan import (
     PathwayStatus,
     initial_step_for,
     scan_for_barrier,
+    untilted,
 )
 from kramers_callback.barriers.logdet import (
     LogDetResult,
@@ -30,4 +31,5 @@ __all__ = [
     "logdet_barrier",
     "scan_for_barrier",
     "stochastic_lanczos_logdet",
+    "untilted",
 ]

@@ -135,6 +135,32 @@ def initial_step_for(*, temperature: float, curvature: float, default: float = 1
     return step if math.isfinite(step) and step > 0 else fallback
 
 
+def untilted(phi: Callable[[float], Any], slope: float) -> Callable[[float], float]:
+    r"""``φ`` with a linear tilt removed: ``φ_c(s) = φ(s) − s·slope``.
+
+    .. math::
+
+        \varphi_c(s) = \varphi(s) - s\,\sigma,\qquad
+        \varphi_c(s^*) - \varphi_c(0) = \Delta L - s^*\sigma,\qquad
+        \varphi_c'' = \varphi''
+
+    With ``slope = φ'(0)`` measured on the probe, the scan starts from a point of zero slope:
+    the probe's mean gradient along ``v``, which differs from the full-data gradient by
+    sampling noise, no longer tilts the barrier (``docs/theory.md`` section 3.1). Curvatures,
+    hence ``λ_b``, are unchanged. ``slope = 0`` returns ``φ`` itself.
+
+    Cost: none beyond ``φ``.
+    """
+    sigma = check_finite("slope", slope)
+    if sigma == 0:
+        return phi
+
+    def centred(s: float) -> float:
+        return float(phi(s)) - s * sigma
+
+    return centred
+
+
 def _second_derivative(
     f: Callable[[float], float], s: float, first_step: float, rtol: float
 ) -> tuple[float, float]:
