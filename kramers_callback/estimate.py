@@ -328,25 +328,28 @@ def estimate(
         # A model smaller than top_k (the toys) has only dim eigenpairs to find.
         k = min(top_k, probe.dim)
         top_init, min_init = _warm_start_vectors(warm_start, probe.dim, k)
-        top = curvature.top_eigenpairs(
-            k, init=top_init, tol=tol, max_products=max_products, generator=generator
-        )
-        lambda_max = float(top.eigenvalues[0])
-        minimum = curvature.min_eigenpair(
-            init=min_init,
+        ends = curvature.spectrum_ends(
+            k,
+            top_init=top_init,
+            bottom_init=min_init,
             tol=tol,
             max_products=max_products,
             generator=generator,
-            upper_bound=abs(lambda_max),
         )
+        top, minimum = ends.top, ends.bottom
+        lambda_max = float(top.eigenvalues[0])
         converged = {"top": bool(top.converged), "min": bool(minimum.converged)}
         trace_value = None
-        if compute_trace:
+        # max_products caps the whole curvature estimate: the trace gets what is left.
+        trace_budget = min(max_trace_samples, max_products - curvature.num_products)
+        if compute_trace and trace_budget >= 2:
             trace = curvature.trace(
-                tol=trace_tol, max_samples=max_trace_samples, generator=generator
+                tol=trace_tol, max_samples=trace_budget, generator=generator, basis=ends.basis
             )
             trace_value = float(trace.value)
             converged["trace"] = bool(trace.converged)
+        elif compute_trace:
+            converged["trace"] = False
 
         names, directions, curvatures = _directions(top, minimum)
         # A direction and its negative share T_v: measure each line once.

@@ -184,7 +184,7 @@ def thick_restart_lanczos(
     ``max_products`` products; memory ``2 · basis_size · d`` (basis and products).
     """
     wanted = n_top + n_bottom
-    check_eigen_arguments(op, max(wanted, 1), tol, max_products)
+    check_eigen_arguments(op, max(n_top, n_bottom, 1), tol, max_products)  # ends may overlap
     generator = resolve_generator(generator)
     capacity = min(op.dim, basis_size if basis_size is not None else max(MIN_BASIS, 2 * wanted + 1))
     capacity = max(capacity, min(op.dim, 2 * wanted))
