@@ -267,9 +267,13 @@ def estimate(
         backend: curvature backend, ``"native"`` or ``"pyhessian"``.
         kappa: a rise of ``κ·T_v`` without a maximum ends a scan as "no barrier within reach".
         tol: relative residual tolerance of the eigensolvers.
-        max_products: Hessian-vector products allowed per eigensolve.
+        max_products: hard cap on the Hessian-vector products of the whole curvature
+            estimate (``num_hvp ≤ max_products``): the top-``k`` and ``λ_min`` come from one
+            Lanczos run (``backend="pyhessian"``: two runs sharing the cap), and the trace gets
+            what is left, at most ``max_trace_samples`` (no trace when fewer than 2 are left:
+            ``hessian_trace=None``, ``converged["trace"]=False``).
         trace_tol: relative standard error at which Hutchinson stops.
-        max_trace_samples: Hutchinson probes at most.
+        max_trace_samples: trace probes at most (native: Hutch++ on the Lanczos basis).
         compute_trace: skip the trace (``hessian_trace=None``) to save products.
         warm_start: a previous estimate whose eigenvectors start the eigensolvers.
         preconditioner: diagonal ``P`` (``Tensor[d]``) of an adaptive optimizer; the estimate is
