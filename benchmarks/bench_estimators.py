@@ -215,7 +215,7 @@ def curvature_table(data: dict[str, Any]) -> list[str]:
             ("top3", "top-3 eigenvalues (worst of 3)", "top"),
             ("lambda_min", "λ_min (error / abs λ_min)", "min"),
             ("lambda_min_vs_max", "λ_min (error / λ_max)", "min"),
-            ("trace", "tr H (Hutchinson, ≤ 100 probes)", "trace"),
+            ("trace", "tr H (Hutch++ on the Lanczos basis, ≤ 100 probes)", "trace"),
         ):
             exact_key = {"top3": "lambda_max", "lambda_min_vs_max": "lambda_min"}.get(key, key)
             values = [r[exact_key] for r in rows]
@@ -229,7 +229,8 @@ def curvature_table(data: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "Default settings of `estimate()` (tol = 1e-3, trace_tol = 1e-2, max_trace_samples = "
-        f"100). Hessian-vector products per estimate (top-3 + min + trace): median "
+        f"100). Hessian-vector products per estimate (top-3 and min in one Lanczos run, then "
+        f"the trace, all within max_products): median "
         f"{median(hvps):.0f}, range {min(hvps)}–{max(hvps)}; d = {data['rows'][0]['dim']}; "
         f"{len(hvps) // 2} seeds × 2 points.",
         "",

@@ -375,9 +375,13 @@ def estimate(
         backend: curvature backend, ``"native"`` or ``"pyhessian"``.
         kappa: a rise of ``κ·T_v`` without a maximum ends a scan as "no barrier within reach".
         tol: relative residual tolerance of the eigensolvers.
-        max_products: Hessian-vector products allowed per eigensolve.
+        max_products: hard cap on the Hessian-vector products of the whole curvature
+            estimate (``num_hvp ≤ max_products``): the top-``k`` and ``λ_min`` come from one
+            Lanczos run (``backend="pyhessian"``: two runs sharing the cap), and the trace gets
+            what is left, at most ``max_trace_samples`` (no trace when fewer than 2 are left:
+            ``hessian_trace=None``, ``converged["trace"]=False``).
         trace_tol: relative standard error at which Hutchinson stops.
-        max_trace_samples: Hutchinson probes at most.
+        max_trace_samples: trace probes at most (native: Hutch++ on the Lanczos basis).
         compute_trace: skip the trace (``hessian_trace=None``) to save products.
         warm_start: a previous estimate whose eigenvectors start the eigensolvers.
         preconditioner: diagonal ``P`` (``Tensor[d]``) of an adaptive optimizer; the estimate is
@@ -445,25 +449,28 @@ def estimate(
         curvature = make_curvature(backend, probe)
         k = check_top_k(top_k, probe.dim)
         top_init, min_init = _warm_start_vectors(warm_start, probe.dim, k)
-        top = curvature.top_eigenpairs(
-            k, init=top_init, tol=tol, max_products=max_products, generator=generator
-        )
-        lambda_max = float(top.eigenvalues[0])
-        minimum = curvature.min_eigenpair(
-            init=min_init,
+        ends = curvature.spectrum_ends(
+            k,
+            top_init=top_init,
+            bottom_init=min_init,
             tol=tol,
             max_products=max_products,
             generator=generator,
-            upper_bound=abs(lambda_max),
         )
+        top, minimum = ends.top, ends.bottom
+        lambda_max = float(top.eigenvalues[0])
         converged = {"top": bool(top.converged), "min": bool(minimum.converged)}
         trace_value = None
-        if compute_trace:
+        # max_products caps the whole curvature estimate: the trace gets what is left.
+        trace_budget = min(max_trace_samples, max_products - curvature.num_products)
+        if compute_trace and trace_budget >= 2:
             trace = curvature.trace(
-                tol=trace_tol, max_samples=max_trace_samples, generator=generator
+                tol=trace_tol, max_samples=trace_budget, generator=generator, basis=ends.basis
             )
             trace_value = float(trace.value)
             converged["trace"] = bool(trace.converged)
+        elif compute_trace:
+            converged["trace"] = False
 
         names, directions, curvatures = _directions(top, minimum)
         # A direction and its negative share T_v: measure each line once.

@@ -3,8 +3,9 @@
 :func:`make_curvature` builds, for one point ``x0`` of one probe set, an object that answers
 every curvature question the estimate asks (gradient, top and bottom eigenpairs, trace,
 quadratic forms) and counts the Hessian-vector products it spent. ``"native"`` is this
-package's double-backward operator with thick-restart Lanczos; ``"pyhessian"`` runs PyHessian
-0.1 (see :mod:`.pyhessian_backend`) for comparison with the tool the design names.
+package's double-backward operator with thick-restart Lanczos, which finds both ends of the
+spectrum in one run (:mod:`.spectrum_ends`); ``"pyhessian"`` runs PyHessian 0.1 (see
+:mod:`.pyhessian_backend`) for comparison with the tool the design names, and keeps two runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from kramers_callback.curvature.hvp import HessianOperator
 from kramers_callback.curvature.min_eigenpair import min_eigenpair
 from kramers_callback.curvature.operator_backend import OperatorCurvature
 from kramers_callback.curvature.pyhessian_backend import PyHessianCurvature
+from kramers_callback.curvature.spectrum_ends import spectrum_ends
 from kramers_callback.curvature.top_eigenpairs import top_eigenpairs
 
 BACKENDS = ("native", "pyhessian")
@@ -26,11 +28,13 @@ Curvature = OperatorCurvature
 
 class NativeCurvature(OperatorCurvature):
     """The ``"native"`` backend: :class:`.HessianOperator` with :func:`.top_eigenpairs`,
-    :func:`.min_eigenpair` and :func:`.hutchinson_trace`."""
+    :func:`.min_eigenpair`, :func:`.spectrum_ends` (both in one Lanczos run) and the
+    Hutchinson / Hutch++ traces."""
 
     name = "native"
     solve_top = staticmethod(top_eigenpairs)
     solve_min = staticmethod(min_eigenpair)
+    solve_ends = staticmethod(spectrum_ends)
 
     def __init__(self, probe: ProbeLoss) -> None:
         super().__init__(HessianOperator(probe))

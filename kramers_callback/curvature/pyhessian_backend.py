@@ -51,7 +51,8 @@ from kramers_callback.curvature.krylov import check_eigen_arguments, extreme_eig
 from kramers_callback.curvature.min_eigenpair import as_init_block, check_upper_bound
 from kramers_callback.curvature.operator_backend import OperatorCurvature
 from kramers_callback.curvature.rayleigh_ritz import converged_mask, convergence_floor
-from kramers_callback.curvature.results import EigenResult
+from kramers_callback.curvature.results import EigenResult, SpectrumEnds
+from kramers_callback.curvature.spectrum_ends import warm_start_block
 
 # ``pyhessian.hessian`` the attribute is the class (its __init__ re-exports it over the module).
 _PYHESSIAN_MODULE = importlib.import_module("pyhessian.hessian")
@@ -357,6 +358,44 @@ def pyhessian_min_eigenpair(
     )
 
 
+def pyhessian_spectrum_ends(
+    op: PyHessianOperator,
+    k: int,
+    *,
+    top_init: Tensor | None = None,
+    bottom_init: Tensor | None = None,
+    tol: float = 1e-3,
+    max_products: int = 300,
+    generator: torch.Generator | None = None,
+) -> SpectrumEnds:
+    """Both ends in two runs, as PyHessian's power iteration cannot share one:
+    :func:`pyhessian_top_eigenpairs` with ``max_products − 1``, then
+    :func:`pyhessian_min_eigenpair` (shifted by ``|λ_max|``) with what is left, so that
+    ``max_products`` caps both together. No basis is kept (the trace is plain Hutchinson).
+
+    Cost: at most ``max_products`` products (at least ``2k + 1``).
+    """
+    check_eigen_arguments(op, k, tol, max_products)
+    if max_products < 2 * k + 1:
+        raise ValueError(
+            f"max_products must be an integer ≥ 2k + 1 = {2 * k + 1}, got {max_products!r}"
+        )
+    warm_start_block(top_init, bottom_init, op.dim)  # refuse a misshapen warm start up front
+    start = op.num_products
+    top = pyhessian_top_eigenpairs(
+        op, k, init=top_init, tol=tol, max_products=max_products - 1, generator=generator
+    )
+    bottom = pyhessian_min_eigenpair(
+        op,
+        init=bottom_init,
+        tol=tol,
+        max_products=max_products - top.num_products,
+        generator=generator,
+        upper_bound=abs(float(top.eigenvalues[0])),
+    )
+    return SpectrumEnds(top=top, bottom=bottom, num_products=op.num_products - start)
+
+
 class PyHessianCurvature(OperatorCurvature):
     """The ``"pyhessian"`` backend of :func:`.make_curvature` (see the module docstring): its
     trace is :func:`.hutchinson_trace` on PyHessian's products, never ``hessian.trace()``."""
@@ -364,6 +403,7 @@ class PyHessianCurvature(OperatorCurvature):
     name = "pyhessian"
     solve_top = staticmethod(pyhessian_top_eigenpairs)
     solve_min = staticmethod(pyhessian_min_eigenpair)
+    solve_ends = staticmethod(pyhessian_spectrum_ends)
 
     def __init__(self, probe: ProbeLoss) -> None:
         super().__init__(PyHessianOperator(probe))

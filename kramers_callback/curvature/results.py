@@ -28,14 +28,55 @@ class EigenResult:
 
 
 @dataclass(frozen=True)
+class KrylovBasis:
+    """An orthonormal basis ``V`` (rows) of a subspace and its stored products ``HV``."""
+
+    vectors: Tensor = field(repr=False)
+    """``Tensor[m, d]``, orthonormal rows."""
+    products: Tensor = field(repr=False)
+    """``Tensor[m, d]``: ``products[i] = H vectors[i]``."""
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+@dataclass(frozen=True)
+class SpectrumEnds:
+    """The top-``k`` and the bottom eigenpair of one Krylov run (see :mod:`.krylov`).
+
+    ``top.num_products`` and ``bottom.num_products`` are the products the run had made when
+    that end first met its residual test (all of them if it never did): what that end alone
+    cost. They overlap; the run's total is :attr:`num_products`.
+    """
+
+    top: EigenResult
+    """Eigenvalues descending."""
+    bottom: EigenResult
+    """The algebraically smallest pair (``k = 1``)."""
+    num_products: int
+    """Hessian-vector products of the whole run (both ends together)."""
+    basis: KrylovBasis | None = None
+    """The final search space and its products (``None`` where the backend keeps none): the
+    low-rank part of :func:`.deflated_hutchinson_trace`, free of further products."""
+
+    @property
+    def converged(self) -> bool:
+        return self.top.converged and self.bottom.converged
+
+
+@dataclass(frozen=True)
 class TraceResult:
-    """A Hutchinson estimate of ``tr H`` and its standard error."""
+    """A stochastic estimate of ``tr H`` and its standard error."""
 
     value: float
-    """Sample mean of ``zᵀ H z`` over Rademacher probes ``z``."""
+    """Hutchinson: sample mean of ``zᵀ H z`` over Rademacher probes ``z``; Hutch++: the exact
+    trace over a captured subspace plus that mean over the deflated remainder."""
     stderr: float
     """Standard error of the mean: sample standard deviation ``/ √num_samples``."""
     converged: bool
     """``stderr ≤ tol · |value|`` was reached within ``max_samples`` probes."""
     num_samples: int
     num_products: int
+    """Products this call made (the captured subspace's products are not counted again)."""
+    low_rank_dim: int = 0
+    """Dimension of the subspace whose trace is exact (``0``: plain Hutchinson)."""
