@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kramers_callback import kramers
 from kramers_callback._model_state import preserved_model_state
-from kramers_callback._probe import LossFn, ProbeLoss
+from kramers_callback._probe import BatchMeanLoss, LossFn, ProbeLoss
 from kramers_callback._validation import (
     check_choice,
     check_in_range,
@@ -28,6 +28,7 @@ from kramers_callback._validation import (
 from kramers_callback.barriers.line_scan import PathwayStatus, initial_step_for, scan_for_barrier
 from kramers_callback.curvature import EigenResult, make_curvature
 from kramers_callback.noise import (
+    default_micro_batch_size,
     directional_temperature,
     directional_variance,
     effective_lr,
@@ -132,6 +133,23 @@ class NonFiniteLossError(ValueError):
 NOISE_ESTIMATORS = ("per_sample", "micro_batch")
 
 
+def noise_estimator_for(noise: str | None, loss_fn: LossFn) -> str:
+    """The noise estimator ``estimate`` uses: ``noise``, or by default the exact one ``loss_fn``
+    allows (``"per_sample"``; ``"micro_batch"`` for a :class:`BatchMeanLoss`, which has no
+    per-sample losses). Raises ``ValueError`` for an unknown name or ``"per_sample"`` with a
+    :class:`BatchMeanLoss`."""
+    batch_mean = isinstance(loss_fn, BatchMeanLoss)
+    if noise is None:
+        return "micro_batch" if batch_mean else "per_sample"
+    check_choice("noise", noise, NOISE_ESTIMATORS)
+    if batch_mean and noise != "micro_batch":
+        raise ValueError(
+            f"noise must be 'micro_batch' (or None) when loss_fn is a BatchMeanLoss, which gives "
+            f"one mean loss per batch and no per-sample losses, got {noise!r}"
+        )
+    return noise
+
+
 def _directions(top: EigenResult, minimum: EigenResult) -> tuple[list[str], Tensor, list[float]]:
     """Escape directions: top-k eigenvectors in both signs, and the λ_min vector when negative."""
     names: list[str] = []
@@ -208,7 +226,7 @@ def estimate(
     momentum: float = 0.0,
     dataset_size: int | None = None,
     top_k: int = 3,
-    noise: str = "per_sample",
+    noise: str | None = None,
     micro_batch_size: int | None = None,
     backend: str = "native",
     kappa: float = 20.0,
@@ -249,12 +267,15 @@ def estimate(
     Cost: ``top_k`` eigenpairs, the minimum eigenpair and the trace in Hessian-vector products
     (each about two forward-backward passes over the probe; fewer with ``warm_start``); the exact
     per-sample noise is one ``vmap`` gradient pass over the probe (``noise="micro_batch"``: one
-    gradient per micro-batch); each line scan ``≤ max_scan_evals`` probe forward passes.
+    gradient per micro-batch, which also gives the ``T_v``); each line scan ``≤ max_scan_evals`` probe forward passes.
 
     Args:
         model: any ``nn.Module``; left exactly as found (parameters, buffers, ``.grad``,
             training flags, global RNG states).
-        loss_fn: ``loss_fn(model, batch) -> Tensor[n]``, one loss per sample.
+        loss_fn: ``loss_fn(model, batch) -> Tensor[n]``, one loss per sample; or a
+            :class:`~kramers_callback._probe.BatchMeanLoss` of one mean loss per batch (a
+            ``training_step``): curvature and line scans then use probe-batch means weighted
+            by batch size, and the noise (``T``, ``T_v``, ``B_noise``) micro-batch gradients.
         batches: the probe set, an iterable of batches (tensors, tuples, lists or dicts).
         lr: the optimizer's learning rate ``η``.
         batch_size: samples per optimizer step ``B`` (loader batch × accumulation × world size).
@@ -262,8 +283,13 @@ def estimate(
         dataset_size: ``N`` for the finite-population factor; ``None`` means with replacement.
         top_k: number of top eigenpairs, hence ``2·top_k`` escape directions (plus two along
             ``λ_min`` when negative).
-        noise: ``"per_sample"`` (exact, the reference) or ``"micro_batch"``.
-        micro_batch_size: micro-batch size for ``noise="micro_batch"`` (default ``n // 8``).
+        noise: ``"per_sample"`` (exact, the reference) or ``"micro_batch"``; ``None`` (default)
+            means ``"per_sample"``, or ``"micro_batch"`` (the only valid choice) for a
+            :class:`~kramers_callback._probe.BatchMeanLoss`.
+        micro_batch_size: micro-batch size for ``noise="micro_batch"`` (default ``n // 8``); the
+            relative standard error of ``T`` and ``T_v`` is then at most ``√(2/(m − 1))`` for
+            ``m = ⌊n/b⌋`` micro-batches
+            (:func:`~kramers_callback.noise.micro_batch.micro_batch_relative_error`).
         backend: curvature backend, ``"native"`` or ``"pyhessian"``.
         kappa: a rise of ``κ·T_v`` without a maximum ends a scan as "no barrier within reach".
         tol: relative residual tolerance of the eigensolvers.
@@ -288,7 +314,7 @@ def estimate(
     if dataset_size is not None:
         check_positive_int("dataset_size", dataset_size, minimum=max(batch_size, 2))
     check_positive_int("top_k", top_k)
-    check_choice("noise", noise, NOISE_ESTIMATORS)
+    noise = noise_estimator_for(noise, loss_fn)
     if micro_batch_size is not None:
         check_positive_int("micro_batch_size", micro_batch_size)
     check_positive("kappa", kappa)
@@ -355,12 +381,18 @@ def estimate(
             moments = per_sample_noise(probe, directions=unique)
             variances = moments.directional_variance
         else:
+            # Without per-sample losses the T_v come from the same micro-batch gradients.
             moments = micro_batch_noise(
                 probe,
-                micro_batch_size=micro_batch_size or max(1, probe.num_samples // 8),
+                micro_batch_size=micro_batch_size or default_micro_batch_size(probe.num_samples),
                 generator=generator,
+                directions=None if probe.per_sample else unique,
             )
-            variances = directional_variance(probe, unique)
+            variances = (
+                directional_variance(probe, unique)
+                if probe.per_sample
+                else moments.directional_variance
+            )
         temperatures = directional_temperature(
             lr=lr_eff,
             directional_variance=variances,
