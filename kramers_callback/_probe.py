@@ -26,7 +26,7 @@ LossFn = Callable[[nn.Module, Any], Tensor]
 
 @dataclass(frozen=True)
 class BatchMeanLoss:
-    r"""A loss that knows only batch means: ``fn(model, batch) -> Tensor[]``, the mean over the batch.
+    r"""A loss that knows only batch means: ``fn(model, batch) -> Tensor[]``, the batch's mean.
 
     Wrapping such a function (a ``training_step``, say) makes it a :data:`LossFn`: a call
     returns the batch mean ``L_b`` repeated once per sample, ``Tensor[n_b]``. Sums and means
@@ -194,7 +194,7 @@ class ProbeLoss:
         return functional_call(self.module, self.unflatten(x), (batch,), strict=False)
 
     def require_per_sample(self, estimator: str) -> None:
-        """Raise a ``ValueError`` when ``estimator`` needs per-sample losses and the probe has none."""
+        """Raise a ``ValueError``: ``estimator`` needs per-sample losses and the probe has none."""
         if not self.per_sample:
             raise ValueError(
                 f"{estimator} needs per-sample losses (loss_fn(model, batch) -> Tensor[n]), got a "

@@ -267,7 +267,8 @@ def estimate(
     Cost: ``top_k`` eigenpairs, the minimum eigenpair and the trace in Hessian-vector products
     (each about two forward-backward passes over the probe; fewer with ``warm_start``); the exact
     per-sample noise is one ``vmap`` gradient pass over the probe (``noise="micro_batch"``: one
-    gradient per micro-batch, which also gives the ``T_v``); each line scan ``≤ max_scan_evals`` probe forward passes.
+    gradient per micro-batch, which also gives the ``T_v`` for a ``BatchMeanLoss``); each line
+    scan ``≤ max_scan_evals`` probe forward passes.
 
     Args:
         model: any ``nn.Module``; left exactly as found (parameters, buffers, ``.grad``,

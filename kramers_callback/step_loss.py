@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 _LOG_METHODS = ("log", "log_dict")
-_METRIC_BOOKKEEPING = ("_update_count", "_computed", "_forward_cache")
+_BOOKKEEPING = ("_update_count", "_computed", "_forward_cache")
 """Besides its states, what a torchmetrics ``Metric`` changes on ``update``/``forward``."""
 
 
@@ -139,7 +139,7 @@ def isolated_step(module: nn.Module) -> Iterator[None]:
         for name in _LOG_METHODS
     ]
     metrics = [
-        (m, {name: _copy_state(getattr(m, name)) for name in (*m.metric_state, *_METRIC_BOOKKEEPING)})
+        (m, {name: _copy_state(getattr(m, name)) for name in (*m.metric_state, *_BOOKKEEPING)})
         for m in modules
         if isinstance(m, Metric)
     ]
