@@ -135,7 +135,7 @@ def test_a_dict_output_gives_the_same_estimate_as_a_tensor_output() -> None:
 
 
 def test_a_step_returning_none_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="training_step must return.*got None"):
+    with pytest.raises(ValueError, match=r"training_step must return.*got None"):
         estimate(PlainModule("none"), TRAINING_STEP_LOSS, probe_batches(64, 32), **SETTINGS)
 
 
@@ -287,7 +287,7 @@ def test_resolution_order() -> None:
     assert resolved.path is LossPath.PER_SAMPLE_LOSS and resolved.loss_fn is per_sample_loss_method
     resolved = resolve_loss(None, PlainModule())
     assert resolved.path is LossPath.TRAINING_STEP and resolved.loss_fn is TRAINING_STEP_LOSS
-    with pytest.raises(MisconfigurationException, match="per_sample_loss.*training_step"):
+    with pytest.raises(MisconfigurationException, match=r"per_sample_loss.*training_step"):
         resolve_loss(None, Nothing())
 
 
@@ -295,7 +295,7 @@ def test_noise_options_with_a_batch_mean_loss() -> None:
     assert noise_estimator_for(None, TRAINING_STEP_LOSS) == "micro_batch"
     assert noise_estimator_for("micro_batch", TRAINING_STEP_LOSS) == "micro_batch"
     assert noise_estimator_for(None, per_sample_cross_entropy) == "per_sample"
-    with pytest.raises(ValueError, match="noise must be 'micro_batch'.*got 'per_sample'"):
+    with pytest.raises(ValueError, match=r"noise must be 'micro_batch'.*got 'per_sample'"):
         estimate(
             PlainModule(), TRAINING_STEP_LOSS, probe_batches(64, 32), noise="per_sample", **SETTINGS
         )
