@@ -1,5 +1,6 @@
 """kramers-callback: Kramers escape rates that drive SGD's temperature, batch size and stop."""
 
+from kramers_callback._probe import BatchMeanLoss
 from kramers_callback.callback import KramersCallback
 from kramers_callback.estimate import (
     KramersEstimate,
@@ -13,6 +14,7 @@ from kramers_callback.estimate import (
 from kramers_callback.lr_scheduler import KramersAnnealingLR
 
 __all__ = [
+    "BatchMeanLoss",
     "KramersAnnealingLR",
     "KramersCallback",
     "KramersEstimate",

@@ -13,6 +13,7 @@ parameters: evaluating the loss at ``θ₀ + s v`` leaves the model untouched.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +22,44 @@ from torch.func import functional_call
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 """``loss_fn(model, batch) -> Tensor[n]``: one loss per sample of the batch."""
+
+
+@dataclass(frozen=True)
+class BatchMeanLoss:
+    r"""A loss that knows only batch means: ``fn(model, batch) -> Tensor[]``, the batch's mean.
+
+    Wrapping such a function (a ``training_step``, say) makes it a :data:`LossFn`: a call
+    returns the batch mean ``L_b`` repeated once per sample, ``Tensor[n_b]``. Sums and means
+    over a batch of that vector are those of the per-sample losses it stands for,
+
+    .. math::
+
+        \sum_{i\in b} \ell_i = n_b L_b, \qquad
+        L = \frac1n \sum_b n_b L_b ,
+
+    so the probe mean loss, its Hessian-vector products, the line scans and micro-batch
+    gradients (each micro-batch one call) are exact. The spread of the repeated values inside
+    a batch is zero, not the per-sample spread: :class:`ProbeLoss` marks such a probe
+    ``per_sample=False``, and estimators that read the spread inside a batch
+    (:func:`~kramers_callback.noise.directional_variance`) refuse it; the noise then comes
+    from the spread between micro-batches (``docs/theory.md``, section 2.5).
+
+    Assumes ``fn`` is the mean of per-sample losses of the batch (so batch means of different
+    sizes combine by the weights ``n_b/n``). Cost: one call of ``fn`` per call.
+    """
+
+    fn: Callable[[nn.Module, Any], Tensor]
+    """``fn(model, batch) -> Tensor`` with one element: the batch's mean loss."""
+
+    def __call__(self, model: nn.Module, batch: Any) -> Tensor:
+        mean = self.fn(model, batch)
+        if not isinstance(mean, Tensor) or mean.numel() != 1:
+            got = tuple(mean.shape) if isinstance(mean, Tensor) else type(mean).__name__
+            raise ValueError(
+                f"a BatchMeanLoss must return the batch's mean loss, a tensor of one element, "
+                f"got {got}"
+            )
+        return mean.reshape(()).expand(batch_size_of(batch))
 
 
 def move_batch(batch: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
@@ -80,7 +119,7 @@ class ProbeLoss:
 
     Args:
         model: the network; it must already be in the mode the estimate should use (eval).
-        loss_fn: ``loss_fn(model, batch) -> Tensor[n]``.
+        loss_fn: ``loss_fn(model, batch) -> Tensor[n]``, or a :class:`BatchMeanLoss`.
         batches: the probe set, materialised once.
         scale: optional positive ``Tensor[d]``; ``θ = scale ⊙ x``.
         dtype: floating dtype of the estimate (defaults to the parameters' dtype, at least float32).
@@ -90,6 +129,8 @@ class ProbeLoss:
         dim: number of trainable parameters ``d``.
         num_samples: total probe samples ``n``.
         num_forward: forward passes over a probe batch made so far (counted work).
+        per_sample: whether ``loss_fn`` gives per-sample losses (``False`` for a
+            :class:`BatchMeanLoss`, whose "per-sample" losses repeat the batch mean).
     """
 
     def __init__(
@@ -115,6 +156,7 @@ class ProbeLoss:
             dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
         self.dtype = dtype
         self.module = _LossModule(model, loss_fn)
+        self.per_sample = not isinstance(loss_fn, BatchMeanLoss)
         theta0 = torch.cat([p.detach().reshape(-1).to(dtype) for _, p in named])
         self.scale = None if scale is None else scale.detach().to(device=self.device, dtype=dtype)
         self.x0 = theta0 if self.scale is None else theta0 / self.scale
@@ -156,6 +198,15 @@ class ProbeLoss:
         """``ℓ_i(x)`` for the samples of one batch, shape ``[n_b]``. One forward pass."""
         self.num_forward += 1
         return functional_call(self.module, self.unflatten(x), (batch,), strict=False)
+
+    def require_per_sample(self, estimator: str) -> None:
+        """Raise a ``ValueError``: ``estimator`` needs per-sample losses and the probe has none."""
+        if not self.per_sample:
+            raise ValueError(
+                f"{estimator} needs per-sample losses (loss_fn(model, batch) -> Tensor[n]), got a "
+                "BatchMeanLoss, which gives one mean per batch: use the micro-batch estimator "
+                "(micro_batch_noise, or estimate(noise='micro_batch'))"
+            )
 
     def check_losses(self, losses: Tensor, batch: Any) -> Tensor:
         """Raise a ``ValueError`` unless ``losses`` has shape ``[n]`` for this batch."""

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kramers_callback import kramers
 from kramers_callback._model_state import preserved_model_state
-from kramers_callback._probe import LossFn, ProbeLoss, map_leaves
+from kramers_callback._probe import BatchMeanLoss, LossFn, ProbeLoss, map_leaves
 from kramers_callback._validation import (
     check_bool,
     check_choice,
@@ -34,6 +34,7 @@ from kramers_callback.barriers.line_scan import (
 )
 from kramers_callback.curvature import BACKENDS, EigenResult, make_curvature
 from kramers_callback.noise import (
+    default_micro_batch_size,
     directional_temperature,
     directional_variance,
     effective_lr,
@@ -173,7 +174,7 @@ _OPTION_RULES: dict[str, Callable[[str, Any], Any]] = {
     "momentum": lambda n, v: check_in_range(n, v, 0.0, 1.0, high_open=True),
     "dataset_size": _optional(lambda n, v: check_positive_int(n, v, minimum=2)),
     "top_k": check_positive_int,
-    "noise": lambda n, v: check_choice(n, v, NOISE_ESTIMATORS),
+    "noise": _optional(lambda n, v: check_choice(n, v, NOISE_ESTIMATORS)),
     "micro_batch_size": _optional(check_positive_int),
     "backend": lambda n, v: check_choice(n, v, BACKENDS),
     "kappa": check_positive,
@@ -236,6 +237,23 @@ def check_top_k(top_k: int, dim: int) -> int:
             f"got {top_k}"
         )
     return top_k
+
+
+def noise_estimator_for(noise: str | None, loss_fn: LossFn) -> str:
+    """The noise estimator ``estimate`` uses: ``noise``, or by default the exact one ``loss_fn``
+    allows (``"per_sample"``; ``"micro_batch"`` for a :class:`BatchMeanLoss`, which has no
+    per-sample losses). Raises ``ValueError`` for an unknown name or ``"per_sample"`` with a
+    :class:`BatchMeanLoss`."""
+    batch_mean = isinstance(loss_fn, BatchMeanLoss)
+    if noise is None:
+        return "micro_batch" if batch_mean else "per_sample"
+    check_choice("noise", noise, NOISE_ESTIMATORS)
+    if batch_mean and noise != "micro_batch":
+        raise ValueError(
+            f"noise must be 'micro_batch' (or None) when loss_fn is a BatchMeanLoss, which gives "
+            f"one mean loss per batch and no per-sample losses, got {noise!r}"
+        )
+    return noise
 
 
 def _directions(top: EigenResult, minimum: EigenResult) -> tuple[list[str], Tensor, list[float]]:
@@ -315,7 +333,7 @@ def estimate(
     momentum: float = 0.0,
     dataset_size: int | None = None,
     top_k: int = 3,
-    noise: str = "per_sample",
+    noise: str | None = None,
     micro_batch_size: int | None = None,
     backend: str = "native",
     kappa: float = 20.0,
@@ -357,12 +375,16 @@ def estimate(
     Cost: ``top_k`` eigenpairs, the minimum eigenpair and the trace in Hessian-vector products
     (each about two forward-backward passes over the probe; fewer with ``warm_start``); the exact
     per-sample noise is one ``vmap`` gradient pass over the probe (``noise="micro_batch"``: one
-    gradient per micro-batch); each line scan ``≤ max_scan_evals`` probe forward passes.
+    gradient per micro-batch, which also gives the ``T_v`` for a ``BatchMeanLoss``); each line
+    scan ``≤ max_scan_evals`` probe forward passes.
 
     Args:
         model: any ``nn.Module``; left exactly as found (parameters, buffers, ``.grad``,
             training flags, global RNG states).
-        loss_fn: ``loss_fn(model, batch) -> Tensor[n]``, one loss per sample.
+        loss_fn: ``loss_fn(model, batch) -> Tensor[n]``, one loss per sample; or a
+            :class:`~kramers_callback._probe.BatchMeanLoss` of one mean loss per batch (a
+            ``training_step``): curvature and line scans then use probe-batch means weighted
+            by batch size, and the noise (``T``, ``T_v``, ``B_noise``) micro-batch gradients.
         batches: the probe set, an iterable of batches (tensors, tuples, lists or dicts).
         lr: the optimizer's learning rate ``η``.
         batch_size: samples per optimizer step ``B`` (loader batch × accumulation × world size).
@@ -370,8 +392,13 @@ def estimate(
         dataset_size: ``N`` for the finite-population factor; ``None`` means with replacement.
         top_k: number of top eigenpairs, hence ``2·top_k`` escape directions (plus two along
             ``λ_min`` when negative).
-        noise: ``"per_sample"`` (exact, the reference) or ``"micro_batch"``.
-        micro_batch_size: micro-batch size for ``noise="micro_batch"`` (default ``n // 8``).
+        noise: ``"per_sample"`` (exact, the reference) or ``"micro_batch"``; ``None`` (default)
+            means ``"per_sample"``, or ``"micro_batch"`` (the only valid choice) for a
+            :class:`~kramers_callback._probe.BatchMeanLoss`.
+        micro_batch_size: micro-batch size for ``noise="micro_batch"`` (default ``n // 8``); the
+            relative standard error of ``T`` and ``T_v`` is then at most ``√(2/(m − 1))`` for
+            ``m = ⌊n/b⌋`` micro-batches
+            (:func:`~kramers_callback.noise.micro_batch.micro_batch_relative_error`).
         backend: curvature backend, ``"native"`` or ``"pyhessian"``.
         kappa: a rise of ``κ·T_v`` without a maximum ends a scan as "no barrier within reach".
         tol: relative residual tolerance of the eigensolvers.
@@ -426,6 +453,7 @@ def estimate(
             "centre_probe": centre_probe,
         }
     )
+    noise = noise_estimator_for(noise, loss_fn)
     batches = list(batches)
     if not batches:
         raise ValueError(
@@ -479,12 +507,18 @@ def estimate(
             moments = per_sample_noise(probe, directions=unique)
             variances = moments.directional_variance
         else:
+            # Without per-sample losses the T_v come from the same micro-batch gradients.
             moments = micro_batch_noise(
                 probe,
-                micro_batch_size=micro_batch_size or max(1, probe.num_samples // 8),
+                micro_batch_size=micro_batch_size or default_micro_batch_size(probe.num_samples),
                 generator=generator,
+                directions=None if probe.per_sample else unique,
             )
-            variances = directional_variance(probe, unique)
+            variances = (
+                directional_variance(probe, unique)
+                if probe.per_sample
+                else moments.directional_variance
+            )
         temperatures = directional_temperature(
             lr=lr_eff,
             directional_variance=variances,

@@ -13,7 +13,12 @@ Temperatures from their results: :func:`isotropic_temperature`,
 """
 
 from kramers_callback.noise.directional import directional_variance
-from kramers_callback.noise.micro_batch import micro_batch_noise, micro_batch_noise_trace
+from kramers_callback.noise.micro_batch import (
+    default_micro_batch_size,
+    micro_batch_noise,
+    micro_batch_noise_trace,
+    micro_batch_relative_error,
+)
 from kramers_callback.noise.moments import NoiseMoments, unbiased_gradient_norm_sq
 from kramers_callback.noise.per_sample import per_sample_gradients, per_sample_noise
 from kramers_callback.noise.running import (
@@ -32,6 +37,7 @@ from kramers_callback.noise.temperature import (
 __all__ = [
     "NoiseMoments",
     "RunningNoiseEstimator",
+    "default_micro_batch_size",
     "directional_temperature",
     "directional_variance",
     "effective_lr",
@@ -40,6 +46,7 @@ __all__ = [
     "isotropic_temperature",
     "micro_batch_noise",
     "micro_batch_noise_trace",
+    "micro_batch_relative_error",
     "per_sample_gradients",
     "per_sample_noise",
     "two_batch_gradient_norm_sq",

@@ -95,9 +95,11 @@ def directional_variance(
     Cost: per direction and probe batch, one forward-mode pass (about 1.5–3 forward passes;
     counted as one in ``probe.num_forward``) or two forward passes for the central difference;
     memory ``O(n_b·k)`` besides one forward pass. Raises ``ValueError`` when a loss or
-    directional derivative is not finite, or the probe has fewer than 2 samples.
+    directional derivative is not finite, the probe has fewer than 2 samples, or its loss is a
+    :class:`~kramers_callback._probe.BatchMeanLoss` (no per-sample spread to measure).
     """
     check_choice("method", method, METHODS)
+    probe.require_per_sample("directional_variance")
     n = probe.num_samples
     if n < 2:
         raise ValueError(f"probe must hold at least 2 samples for a variance, got {n}")

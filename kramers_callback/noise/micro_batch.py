@@ -7,6 +7,7 @@ micro-batch is normalised with its own statistics, as in training).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,7 +22,47 @@ from kramers_callback.noise.moments import (
     unbiased_gradient_norm_sq,
 )
 
-__all__ = ["micro_batch_noise", "micro_batch_noise_trace"]
+__all__ = [
+    "default_micro_batch_size",
+    "micro_batch_noise",
+    "micro_batch_noise_trace",
+    "micro_batch_relative_error",
+]
+
+DEFAULT_NUM_MICRO_BATCHES = 8
+"""Micro-batches drawn when no ``micro_batch_size`` is given."""
+
+
+def default_micro_batch_size(num_samples: int) -> int:
+    """``b = max(1, ⌊n / 8⌋)``: eight micro-batches of the ``n`` probe samples (``n`` of one when
+    ``n < 16``)."""
+    n = check_positive_int("num_samples", num_samples)
+    return max(1, n // DEFAULT_NUM_MICRO_BATCHES)
+
+
+def micro_batch_relative_error(num_micro_batches: int) -> float:
+    r"""Relative standard error of the micro-batch ``tr Σ₁`` and ``vᵀΣ₁v`` for Gaussian gradients.
+
+    .. math::
+
+        \frac{\operatorname{sd}\,\widehat{v^\top\Sigma_1 v}}{v^\top\Sigma_1 v}
+        = \sqrt{\frac{2}{m-1}}, \qquad
+        \frac{\operatorname{sd}\,\widehat{\operatorname{tr}\Sigma_1}}{\operatorname{tr}\Sigma_1}
+        = \sqrt{\frac{2}{(m-1)\,r}} \le \sqrt{\frac{2}{m-1}},
+        \quad r = \frac{(\operatorname{tr}\Sigma_1)^2}{\operatorname{tr}\Sigma_1^2} \in [1, d].
+
+    Derivation (``docs/theory.md``, section 2.5): for Gaussian micro-batch gradients
+    ``G_j ~ N(g, Σ₁/b)``, the scatter of ``vᵀG_j`` over ``m`` micro-batches is
+    ``(vᵀΣ₁v/b) χ²_{m−1}`` (Cochran's theorem), and ``Var χ²_k = 2k``; along the eigenvectors
+    of ``Σ₁`` the scatter is a sum of independent ``(σ_k²/b) χ²_{m−1}``, whose variance is
+    ``2(m−1) Σ_k σ_k⁴/b²``. The bound (``r = 1``, noise in one direction) is returned; it is
+    exact for ``T_v`` and for ``T`` when one direction dominates the noise. Micro-batch means
+    of ``b`` samples are nearer Gaussian than single gradients (their excess kurtosis is
+    ``1/b`` of the samples'), which is what makes the Gaussian formula apt here.
+    Cost: ``O(1)``.
+    """
+    m = check_positive_int("num_micro_batches", num_micro_batches, minimum=2)
+    return math.sqrt(2.0 / (m - 1))
 
 
 def micro_batch_noise_trace(
@@ -99,7 +140,12 @@ def micro_batch_noise(
     Assumes each micro-batch's mean loss is the mean of its samples' losses (exact in eval
     mode; in training mode BatchNorm couples samples inside a micro-batch, which is the
     noise training sees at batch size ``b``). Needs ``m ≥ 2``; the estimate has
-    ``m − 1`` degrees of freedom, so its relative spread is about ``√(2/(m − 1))``.
+    ``m − 1`` degrees of freedom, so its relative standard error is at most ``√(2/(m − 1))``
+    for Gaussian gradients (:func:`micro_batch_relative_error`), and ``√(2/(m − 1))`` exactly
+    for each ``vᵀΣ₁v``.
+
+    Works with a :class:`~kramers_callback._probe.BatchMeanLoss` (one call per micro-batch,
+    whose mean is all it needs): the noise of a ``training_step`` without per-sample losses.
 
     Cost: ``m`` forward and backward passes of ``b`` samples; memory ``O(d)`` (the moments are
     merged one micro-batch at a time) plus one micro-batch of samples. ``generator`` is the
