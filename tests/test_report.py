@@ -369,7 +369,7 @@ def test_log_report_figure_reaches_image_loggers_and_skips_the_others(tmp_path, 
     [(key, [image], step)] = wandb_like.images
     assert (key, step) == ("kramers/r", 7)
     assert image.shape == (1400, 1300, 3) and image.dtype == np.uint8
-    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 200  # drawn, not blank
+    assert (image.min(axis=2) < 200).mean() > 0.02  # drawn, not blank
     [(key, [mlflow_image, run_id], step)] = mlflow.images
     assert (key, run_id, step) == ("kramers/r", "run-1", 7) and mlflow_image is image
     [(key, [(kind, figure)], step)] = neptune.images
