@@ -7,8 +7,9 @@ key::
     kramers-train fit --config recipes/digits.yaml
     kramers-train fit --config recipes/digits.yaml --kramers.policy=observe --trainer.max_epochs=5
 
-``kramers-report LOG_DIR`` renders the run's picture (see :mod:`kramers_callback.report`) and
-prints the PNG's path.
+``kramers-report LOG_DIR`` renders the run's picture (see :mod:`kramers_callback.report`) from
+the newest CSVLogger ``metrics.csv`` or TensorBoard event file under ``LOG_DIR`` and prints the
+PNG's path.
 """
 
 from __future__ import annotations
@@ -58,13 +59,18 @@ def report_main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="kramers-report",
-        description="Render the Kramers callback's metrics (a CSVLogger metrics.csv) to one PNG.",
+        description=(
+            "Render the Kramers callback's metrics (a CSVLogger metrics.csv or a TensorBoard "
+            "event directory) to one PNG."
+        ),
     )
     parser.add_argument(
-        "log_dir", help="directory searched for the latest metrics.csv (or the CSV itself)"
+        "log_dir",
+        help="directory searched for the latest metrics.csv or TensorBoard event file "
+        "(or that file itself)",
     )
     parser.add_argument(
-        "-o", "--output", default=None, help="PNG path (default: beside the metrics.csv)"
+        "-o", "--output", default=None, help="PNG path (default: beside the log)"
     )
     parser.add_argument("--title", default=None, help="figure title (default: the run's directory)")
     parser.add_argument("--stop-reason", default=None, help="text for the stop marker")

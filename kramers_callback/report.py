@@ -1,7 +1,11 @@
 """One PNG that shows what the Kramers callback measured and decided during a run.
 
-:func:`render_report` reads the ``metrics.csv`` a :class:`~pytorch_lightning.loggers.CSVLogger`
-wrote (the newest one under a log directory) and draws, against the optimizer step:
+One table, :class:`RunMetrics` (each metric's steps and values), feeds one drawing,
+:func:`build_figure`. The table comes from a :class:`~pytorch_lightning.loggers.CSVLogger`
+``metrics.csv`` (:func:`read_metrics`), a TensorBoard event directory (:func:`read_tensorboard`,
+through the tensorboard package's ``EventAccumulator``) or the callback's in-memory ``history``
+(:func:`metrics_from_history`); :func:`render_report` writes the newest log under a directory
+to a PNG. The figure draws, against the optimizer step:
 
 1. the temperature ``T`` against its target ``T*(t)`` and the critical temperature ``T_c``;
 2. the learning rate ``η``;
@@ -15,8 +19,10 @@ wrote (the newest one under a log directory) and draws, against the optimizer st
 8. the seconds each estimate took.
 
 The last logged step is marked in every panel as the stop point, labelled with the stop
-reason when it is known. Matplotlib is driven through its Agg canvas directly, so rendering
-never changes the user's pyplot backend.
+reason when it is known. When logged, the controller's phase (``kramers/phase``: descending,
+thermalized, trapped) shades the background of every panel, and each cooling step (a change of
+``kramers/lr`` or ``kramers/batch_size``) is a dotted vertical line. Matplotlib is driven
+through its Agg canvas directly, so rendering never changes the user's pyplot backend.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,20 +39,31 @@ import numpy as np
 
 PREFIX = "kramers/"
 REPORT_NAME = "kramers_report.png"
+CSV_NAME = "metrics.csv"
+EVENTS_GLOB = "events.out.tfevents.*"
+PHASES: dict[int, tuple[str, str]] = {
+    0: ("descending", "#dbe9f6"),
+    1: ("thermalized", "#dcefdc"),
+    2: ("trapped", "#f6dada"),
+}
+"""``kramers/phase`` code → (name, background colour); the regimes of docs/theory.md."""
+COOLING_METRICS = (PREFIX + "lr", PREFIX + "batch_size")
+"""A change in either is a cooling (or heating) step."""
 
 
 @dataclass
 class RunMetrics:
-    """One ``metrics.csv``: for each metric, the steps and values it was logged at."""
+    """One run's log: for each metric, the steps and values it was logged at."""
 
-    path: Path
     series: dict[str, tuple[np.ndarray, np.ndarray]]
     last_step: int
     last_epoch: int
     config: dict[str, Any] = field(default_factory=dict)
-    """The run's ``config.yaml`` beside the CSV (LightningCLI writes it), or ``{}``."""
+    """The run's ``config.yaml`` beside the log (LightningCLI writes it), or ``{}``."""
     epoch_ends: dict[int, int] = field(default_factory=dict)
     """Epoch → the largest step logged in it."""
+    directory: Path | None = None
+    """Where the log was read from; ``None`` for an in-memory history."""
 
     def get(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         empty = np.zeros(0)
@@ -63,23 +80,33 @@ def _version_number(path: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
-def find_metrics_csv(log_dir: str | Path) -> Path:
-    """The ``metrics.csv`` of the latest run under ``log_dir`` (searched recursively).
+_KINDS = {CSV_NAME: "a CSVLogger metrics.csv", EVENTS_GLOB: "a TensorBoard event file"}
+
+
+def find_log(log_dir: str | Path, patterns: Sequence[str] = (CSV_NAME, EVENTS_GLOB)) -> Path:
+    """The latest log file under ``log_dir`` (searched recursively) whose name matches one of
+    ``patterns``: by default a CSVLogger ``metrics.csv`` or a TensorBoard event file.
 
     Latest means most recently modified, ties broken by the larger ``version_N``. ``log_dir``
-    may also be the CSV file itself.
+    may also be the log file itself.
     """
     path = Path(log_dir)
     if path.is_file():
         return path
     if not path.is_dir():
         raise FileNotFoundError(
-            f"log_dir must be an existing directory or metrics.csv, got {str(path)!r}"
+            f"log_dir must be an existing directory or log file, got {str(path)!r}"
         )
-    candidates = sorted(path.rglob("metrics.csv"))
+    candidates = sorted({found for pattern in patterns for found in path.rglob(pattern)})
     if not candidates:
-        raise FileNotFoundError(f"log_dir must contain a CSVLogger metrics.csv, got {str(path)!r}")
+        kinds = " or ".join(_KINDS[pattern] for pattern in patterns)
+        raise FileNotFoundError(f"log_dir must contain {kinds}, got {str(path)!r}")
     return max(candidates, key=lambda p: (p.stat().st_mtime, _version_number(p)))
+
+
+def find_metrics_csv(log_dir: str | Path) -> Path:
+    """The ``metrics.csv`` of the latest run under ``log_dir`` (see :func:`find_log`)."""
+    return find_log(log_dir, (CSV_NAME,))
 
 
 def _parse(text: str) -> float | None:
@@ -104,6 +131,37 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+Row = tuple[float, float | None, Mapping[str, float | None]]
+"""One logging call: its step, its epoch (``None`` when not logged) and its values."""
+
+
+def tabulate(
+    rows: Iterable[Row], *, config: dict[str, Any] | None = None, directory: Path | None = None
+) -> RunMetrics:
+    """Collect logging calls into a :class:`RunMetrics`; every reader goes through here.
+
+    Values that are ``None`` are "not logged at this row". Cost: O(number of values).
+    """
+    collected: dict[str, tuple[list[float], list[float]]] = {}
+    last_step, last_epoch = 0, 0
+    epoch_ends: dict[int, int] = {}
+    for step, epoch, values in rows:
+        last_step = max(last_step, int(step))
+        if epoch is not None:
+            last_epoch = max(last_epoch, int(epoch))
+            epoch_ends[int(epoch)] = max(epoch_ends.get(int(epoch), 0), int(step))
+        for name, value in values.items():
+            if value is not None:
+                steps, logged = collected.setdefault(name, ([], []))
+                steps.append(step)
+                logged.append(float(value))
+    series = {
+        name: (np.asarray(steps, dtype=float), np.asarray(logged, dtype=float))
+        for name, (steps, logged) in collected.items()
+    }
+    return RunMetrics(series, last_step, last_epoch, config or {}, epoch_ends, directory)
+
+
 def read_metrics(path: str | Path) -> RunMetrics:
     """Parse a CSVLogger ``metrics.csv``: empty cells are "not logged at this row"."""
     path = Path(path)
@@ -113,31 +171,71 @@ def read_metrics(path: str | Path) -> RunMetrics:
         raise ValueError(
             f"metrics.csv must have a header with a 'step' column and rows, got {str(path)!r}"
         )
-    collected: dict[str, tuple[list[float], list[float]]] = {}
-    last_step, last_epoch = 0, 0
-    epoch_ends: dict[int, int] = {}
-    for row in rows:
-        step = _parse(row.get("step", ""))
-        if step is None:
-            continue
-        last_step = max(last_step, int(step))
-        epoch = _parse(row.get("epoch", ""))
-        if epoch is not None:
-            last_epoch = max(last_epoch, int(epoch))
-            epoch_ends[int(epoch)] = max(epoch_ends.get(int(epoch), 0), int(step))
-        for name, text in row.items():
-            if name in ("step", "epoch") or name is None:
+
+    def parsed() -> Iterable[Row]:
+        for row in rows:
+            step = _parse(row.get("step", ""))
+            if step is None:
                 continue
-            value = _parse(text)
-            if value is not None:
-                steps, values = collected.setdefault(name, ([], []))
-                steps.append(step)
-                values.append(value)
-    series = {
-        name: (np.asarray(steps, dtype=float), np.asarray(values, dtype=float))
-        for name, (steps, values) in collected.items()
-    }
-    return RunMetrics(path, series, last_step, last_epoch, _read_config(path.parent), epoch_ends)
+            values = {
+                name: _parse(text)
+                for name, text in row.items()
+                if name not in ("step", "epoch") and name is not None
+            }
+            yield step, _parse(row.get("epoch", "")), values
+
+    return tabulate(parsed(), config=_read_config(path.parent), directory=path.parent)
+
+
+def read_tensorboard(path: str | Path) -> RunMetrics:
+    """Read the scalars of a TensorBoard event directory (or one event file in it).
+
+    Uses ``tensorboard``'s :class:`EventAccumulator` with every scalar kept (its default keeps
+    a reservoir sample of 10 000 per tag). Lightning's loggers write ``epoch`` as a scalar
+    beside the metrics of each call; it gives each step its epoch. Cost: reading the event
+    files once, O(number of events).
+    """
+    try:
+        from tensorboard.backend.event_processing import event_accumulator
+    except ImportError as error:  # pragma: no cover - the examples extra installs tensorboard
+        raise ValueError(
+            "reading a TensorBoard log needs the tensorboard package (pip install tensorboard)"
+        ) from error
+    path = Path(path)
+    directory = path.parent if path.is_file() else path
+    accumulator = event_accumulator.EventAccumulator(
+        str(directory), size_guidance={event_accumulator.SCALARS: 0}
+    )
+    accumulator.Reload()
+    tags = accumulator.Tags().get(event_accumulator.SCALARS, [])
+    if not tags:
+        raise ValueError(f"TensorBoard log must hold scalars, got none in {str(directory)!r}")
+    by_step: dict[int, dict[str, float]] = {}
+    for tag in tags:
+        for event in accumulator.Scalars(tag):
+            by_step.setdefault(int(event.step), {})[tag] = float(event.value)
+    rows = [(float(step), values.pop("epoch", None), values) for step, values in
+            sorted(by_step.items())]
+    return tabulate(rows, config=_read_config(directory), directory=directory)
+
+
+def read_log(log_dir: str | Path) -> RunMetrics:
+    """The latest log under ``log_dir`` (:func:`find_log`), CSV or TensorBoard."""
+    path = find_log(log_dir)
+    return read_metrics(path) if path.suffix == ".csv" else read_tensorboard(path)
+
+
+def metrics_from_history(
+    history: Iterable[Mapping[str, Any]], *, config: dict[str, Any] | None = None
+) -> RunMetrics:
+    """The table of the callback's in-memory ``history`` (one record per epoch end, with its
+    ``epoch``, ``step`` and the ``metrics`` it published); ``config`` as ``config.yaml``'s."""
+    rows = [
+        (float(record["step"]), record["epoch"], record["metrics"])
+        for record in history
+        if "metrics" in record
+    ]
+    return tabulate(rows, config=config)
 
 
 def _config_value(config: dict[str, Any], *keys: str) -> Any:
@@ -221,6 +319,8 @@ def _panel_temperature(ax: Any, run: RunMetrics) -> bool:
                    linestyle="--")
     drawn |= _line(ax, run, PREFIX + "critical_temperature", "critical T_c", log=True,
                    color="C7", linestyle=":")
+    drawn |= _line(ax, run, PREFIX + "temperature_min", "coldest allowed T_min", log=True,
+                   color="C2", linestyle="-.", marker=None)
     if drawn and _undefined(run, PREFIX + "temperature_target"):
         ax.text(0.98, 0.96, "target undefined at every estimate:\nno barrier within reach",
                 transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.35")
@@ -312,6 +412,9 @@ def _panel_quality(ax: Any, run: RunMetrics) -> bool:
         ax.set_ylabel("transitions between wells")
         return drawn
     drawn = _line(ax, run, "train_loss", "train_loss", color="C0")
+    # The same loss units: the share of the training loss that cooling can remove.
+    drawn |= _line(ax, run, PREFIX + "noise_floor", "noise floor (removable by cooling)",
+                   color="C8", linestyle="--")
     ax.set_title("Training loss")
     ax.set_ylabel("loss")
     return drawn
@@ -357,14 +460,62 @@ def _add_epoch_axis(axes: Sequence[Any], run: RunMetrics) -> None:
         top.set_xlabel("epochs completed", fontsize=9)
 
 
+def phase_spans(run: RunMetrics) -> list[tuple[float, float, int]]:
+    """``(start, end, phase)`` step intervals: each estimate's phase covers the steps since the
+    previous estimate (the epoch it measured), the first from step 0. Empty without
+    ``kramers/phase``; consecutive equal phases are merged."""
+    steps, values = run.get(PREFIX + "phase")
+    spans: list[tuple[float, float, int]] = []
+    start = 0.0
+    for step, value in zip(steps, values, strict=True):
+        if not np.isfinite(value):
+            start = float(step)
+            continue
+        phase = int(value)
+        if spans and spans[-1][2] == phase and spans[-1][1] == start:
+            spans[-1] = (spans[-1][0], float(step), phase)
+        else:
+            spans.append((start, float(step), phase))
+        start = float(step)
+    return spans
+
+
+def cooling_steps(run: RunMetrics) -> list[float]:
+    """The steps at which ``kramers/lr`` or ``kramers/batch_size`` differs from its previous
+    logged value (:data:`COOLING_METRICS`), sorted."""
+    changed: set[float] = set()
+    for name in COOLING_METRICS:
+        steps, values = run.get(name)
+        finite = np.isfinite(values)
+        steps, values = steps[finite], values[finite]
+        changed.update(float(s) for s in steps[1:][values[1:] != values[:-1]])
+    return sorted(changed)
+
+
+def _mark_phases_and_cooling(ax: Any, run: RunMetrics, legend: bool) -> None:
+    """Shade each phase span and draw each cooling step; labels only where ``legend``."""
+    labelled: set[int] = set()
+    for start, end, phase in phase_spans(run):
+        name, colour = PHASES.get(phase, (f"phase {phase}", "0.9"))
+        label = name if legend and phase not in labelled else None
+        labelled.add(phase)
+        ax.axvspan(start, end, color=colour, zorder=0, linewidth=0, label=label)
+    cooling = cooling_steps(run)
+    if cooling:
+        # vlines, not axvline: a LineCollection, kept apart from the metric lines.
+        ax.vlines(cooling, 0, 1, transform=ax.get_xaxis_transform(), colors="0.45",
+                  linestyles=":", linewidth=1.0, label="cooling step" if legend else None)
+
+
 def build_figure(
     run: RunMetrics, *, stop_reason: str | None = None, title: str | None = None
 ) -> Any:
     """The report as a :class:`matplotlib.figure.Figure` (Agg canvas; pyplot is not touched).
 
     Eight panels in a 4×2 grid sharing the optimizer-step axis (:data:`PANELS`), an epoch
-    scale along the top row, and the stop point (the last logged step) as a dashed line in
-    every panel.
+    scale along the top row, the stop point (the last logged step) as a dashed line, and,
+    when logged, the phase as background shading (:func:`phase_spans`) and the cooling steps
+    as dotted lines (:func:`cooling_steps`) in every panel.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -376,6 +527,7 @@ def build_figure(
     for index, (ax, panel) in enumerate(zip(axes.flat, PANELS, strict=True)):
         if not panel(ax, run):
             _note(ax, "not logged")
+        _mark_phases_and_cooling(ax, run, legend=index == 0)
         ax.axvline(run.last_step, color="C3", linestyle="--", linewidth=1.2,
                    label="stop" if index == 0 else None)
         ax.grid(True, which="major", alpha=0.3)
@@ -385,10 +537,19 @@ def build_figure(
         ax.set_xlabel("optimizer step")
         ax.xaxis.set_tick_params(labelbottom=True)
     _add_epoch_axis(axes[0], run)
-    heading = title if title is not None else str(run.path.parent)
+    if title is not None:
+        heading = title
+    else:
+        heading = str(run.directory) if run.directory is not None else "this run"
     subtitle = stop_label + (f" — {stop_reason}" if stop_reason else "")
     figure.suptitle(f"Kramers callback report: {heading}\n{subtitle}", fontsize=13)
     return figure
+
+
+def figure_image(figure: Any) -> np.ndarray:
+    """The figure rasterised on its Agg canvas: an ``(height, width, 3)`` ``uint8`` array."""
+    figure.canvas.draw()
+    return np.array(figure.canvas.buffer_rgba())[..., :3]
 
 
 def render_report(
@@ -401,17 +562,18 @@ def render_report(
     """Render the run's report to a PNG (1300×1400 pixels) and return its path.
 
     Args:
-        log_dir: a directory holding a CSVLogger ``metrics.csv`` (searched recursively; the
-            latest is used), or the CSV itself.
-        output: the PNG to write; defaults to ``kramers_report.png`` beside the CSV.
+        log_dir: a directory holding a CSVLogger ``metrics.csv`` or TensorBoard event files
+            (searched recursively; the latest is used, :func:`find_log`), or the log file.
+        output: the PNG to write; defaults to ``kramers_report.png`` beside the log.
         stop_reason: text for the stop marker; inferred from the log when omitted
             (:func:`infer_stop_reason`).
-        title: figure title; defaults to the CSV's directory.
+        title: figure title; defaults to the log's directory.
 
-    Cost: reading the CSV and drawing eight small panels, about a second.
+    Cost: reading the log and drawing eight small panels, about a second.
     """
-    run = read_metrics(find_metrics_csv(log_dir))
-    target = Path(output) if output is not None else run.path.parent / REPORT_NAME
+    run = read_log(log_dir)
+    assert run.directory is not None  # read from a file
+    target = Path(output) if output is not None else run.directory / REPORT_NAME
     reason = stop_reason if stop_reason is not None else infer_stop_reason(run)
     figure = build_figure(run, stop_reason=reason, title=title)
     target.parent.mkdir(parents=True, exist_ok=True)

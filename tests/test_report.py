@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+from lightning_helpers import BlobsData, TinyClassifier, trainer
+from matplotlib.collections import LineCollection
 from PIL import Image
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from kramers_callback.callback import KramersCallback
 from kramers_callback.cli import report_main
 from kramers_callback.report import (
     PANELS,
     build_figure,
+    cooling_steps,
     final_metrics,
+    find_log,
     find_metrics_csv,
     infer_stop_reason,
+    metrics_from_history,
+    phase_spans,
     read_metrics,
+    read_tensorboard,
     render_report,
+    tabulate,
 )
+from kramers_callback.report_loggers import log_report_figure
 
 STEPS_PER_EPOCH = 40
 EPOCHS = 8
@@ -49,10 +63,15 @@ def _kramers_row(epoch: int) -> dict[str, float]:
 
 
 def _write_run(
-    root: Path, *, name: str = "digits", epochs: int = EPOCHS, config: str | None = None
+    root: Path,
+    *,
+    name: str = "digits",
+    epochs: int = EPOCHS,
+    config: str | None = None,
+    logger_class: type = CSVLogger,
 ) -> Path:
-    """Log a run through Lightning's CSVLogger, exactly as a training run writes it."""
-    logger = CSVLogger(str(root), name=name)
+    """Log a run through a Lightning logger (CSV by default), exactly as a training run does."""
+    logger = logger_class(str(root), name=name)
     step = 0
     for epoch in range(epochs):
         for _ in range(STEPS_PER_EPOCH // 10):
@@ -201,3 +220,189 @@ def test_kramers_report_command(tmp_path, capsys):
     assert Path(printed) == out and out.is_file()
     assert report_main([str(tmp_path / "absent")]) == 1
     assert "kramers-report: error: log_dir must be an existing directory" in capsys.readouterr().err
+
+
+# -- TensorBoard logs and logger images -------------------------------------------------------
+def _assert_same_table(actual, expected, names) -> None:
+    for name in names:
+        (steps, values), (ref_steps, ref_values) = actual.get(name), expected.get(name)
+        np.testing.assert_array_equal(steps, ref_steps, err_msg=name)
+        # TensorBoard stores float32 scalars.
+        np.testing.assert_allclose(values, ref_values, rtol=1e-6, err_msg=name)
+
+
+def test_tensorboard_log_reads_as_the_csv_of_the_same_run(tmp_path):
+    csv_run = read_metrics(_write_run(tmp_path / "csv", config=CONFIG) / "metrics.csv")
+    tb_dir = _write_run(tmp_path / "tb", config=CONFIG, logger_class=TensorBoardLogger)
+    tb_run = read_tensorboard(tb_dir)
+    _assert_same_table(tb_run, csv_run, csv_run.series)
+    assert (tb_run.last_step, tb_run.last_epoch) == (csv_run.last_step, csv_run.last_epoch)
+    assert tb_run.epoch_ends == csv_run.epoch_ends
+    assert tb_run.config == csv_run.config and tb_run.directory == tb_dir
+    assert find_log(tmp_path / "tb").parent == tb_dir
+    png = tmp_path / "tb.png"
+    assert report_main([str(tmp_path / "tb"), "--output", str(png)]) == 0
+    with Image.open(png) as image:
+        assert image.size == (1300, 1400)
+
+
+def test_read_tensorboard_needs_scalars_and_find_log_names_both_kinds(tmp_path):
+    writer = TensorBoardLogger(str(tmp_path), name="empty").experiment
+    writer.add_text("note", "no scalars", 0)
+    writer.flush()
+    with pytest.raises(ValueError, match="TensorBoard log must hold scalars, got none"):
+        read_tensorboard(Path(writer.log_dir))
+    with pytest.raises(FileNotFoundError, match=r"a CSVLogger metrics\.csv or a TensorBoard event"):
+        find_log(_empty_dir(tmp_path))
+
+
+def _empty_dir(root: Path) -> Path:
+    (root / "none_here").mkdir()
+    return root / "none_here"
+
+
+def _table_with_phases():
+    rows = [
+        (9.0, 0, {"kramers/phase": 0.0, "kramers/lr": 0.1, "kramers/batch_size": 32.0}),
+        (19.0, 1, {"kramers/phase": 0.0, "kramers/lr": 0.1, "kramers/batch_size": 32.0}),
+        (29.0, 2, {"kramers/phase": 1.0, "kramers/lr": 0.1, "kramers/batch_size": 64.0}),
+        (39.0, 3, {"kramers/phase": 2.0, "kramers/lr": 0.05, "kramers/batch_size": 64.0}),
+        (49.0, 4, {"kramers/phase": 1.0, "kramers/lr": 0.05, "kramers/batch_size": 64.0}),
+    ]
+    return tabulate(rows)
+
+
+def test_phase_spans_and_cooling_steps():
+    run = _table_with_phases()
+    # Each estimate's phase covers the epoch it measured; equal neighbours merge.
+    assert phase_spans(run) == [(0.0, 19.0, 0), (19.0, 29.0, 1), (29.0, 39.0, 2), (39.0, 49.0, 1)]
+    assert cooling_steps(run) == [29.0, 39.0]
+    assert phase_spans(tabulate([(5.0, 0, {"kramers/lr": 0.1})])) == []
+    assert cooling_steps(tabulate([(5.0, 0, {"kramers/lr": 0.1})])) == []
+
+
+def test_figure_shades_phases_and_marks_cooling_in_every_panel():
+    run = _table_with_phases()
+    figure = build_figure(run, title="phases")
+    axes = [ax for ax in figure.axes if ax.get_title()]
+    for ax in axes:
+        spans = [patch for patch in ax.patches if patch.get_zorder() == 0]
+        assert len(spans) == 4, ax.get_title()
+        [cooling] = [c for c in ax.collections if isinstance(c, LineCollection)]
+        assert sorted(segment[0][0] for segment in cooling.get_segments()) == [29.0, 39.0]
+    labels = axes[0].get_legend_handles_labels()[1]
+    assert {"descending", "thermalized", "trapped", "cooling step"} <= set(labels)
+    assert labels.count("thermalized") == 1
+
+
+class _ImageLogger(Logger):
+    """A logger with W&B's ``log_image(key, images, step)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[tuple[str, list, int]] = []
+
+    name = "fake"
+    version = 0
+
+    def log_metrics(self, metrics, step=None) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def log_image(self, key, images, step=None) -> None:  # type: ignore[no-untyped-def]
+        self.images.append((key, images, step))
+
+
+class _PlainLogger(_ImageLogger):
+    log_image = None  # type: ignore[assignment]
+
+
+class MLFlowLogger(_PlainLogger):
+    """Named as Lightning's: dispatched to ``MlflowClient.log_image``."""
+
+    run_id = "run-1"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experiment = types.SimpleNamespace(log_image=self._client_log_image)
+
+    def _client_log_image(self, run_id, image, *, key, step) -> None:  # type: ignore[no-untyped-def]
+        self.images.append((key, [image, run_id], step))
+
+
+class NeptuneLogger(_PlainLogger):
+    """Named as Lightning's: ``run[tag].append(File.as_image(figure), step=step)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        logger = self
+
+        class Series:
+            def __init__(self, key: str) -> None:
+                self.key = key
+
+            def append(self, value, *, step) -> None:  # type: ignore[no-untyped-def]
+                logger.images.append((self.key, [value], step))
+
+        self.experiment = type("Run", (), {"__getitem__": lambda _, key: Series(key)})()
+
+
+def _fake_trainer(*loggers, rank_zero=True):
+    return types.SimpleNamespace(is_global_zero=rank_zero, loggers=list(loggers), global_step=7)
+
+
+def test_log_report_figure_reaches_image_loggers_and_skips_the_others(tmp_path, monkeypatch):
+    neptune_types = types.ModuleType("neptune.types")
+    neptune_types.File = types.SimpleNamespace(as_image=lambda figure: ("File", figure))
+    monkeypatch.setitem(sys.modules, "neptune", types.ModuleType("neptune"))
+    monkeypatch.setitem(sys.modules, "neptune.types", neptune_types)
+    run = _table_with_phases()
+    wandb_like, plain = _ImageLogger(), _PlainLogger()
+    mlflow, neptune = MLFlowLogger(), NeptuneLogger()
+    csv_logger = CSVLogger(str(tmp_path / "csv"))
+    trainer_ = _fake_trainer(csv_logger, wandb_like, plain, mlflow, neptune)
+    taken = log_report_figure(trainer_, run, tag="kramers/r")
+    assert taken == [wandb_like, mlflow, neptune]
+    assert plain.images == []
+    [(key, [image], step)] = wandb_like.images
+    assert (key, step) == ("kramers/r", 7)
+    assert image.shape == (1400, 1300, 3) and image.dtype == np.uint8
+    assert (image.min(axis=2) < 200).mean() > 0.02  # drawn, not blank
+    [(key, [mlflow_image, run_id], step)] = mlflow.images
+    assert (key, run_id, step) == ("kramers/r", "run-1", 7) and mlflow_image is image
+    [(key, [(kind, figure)], step)] = neptune.images
+    assert (key, kind, step) == ("kramers/r", "File", 7)
+    assert figure.get_suptitle().startswith("Kramers callback report")
+    assert log_report_figure(_fake_trainer(wandb_like, rank_zero=False), run) == []
+    assert log_report_figure(_fake_trainer(plain, csv_logger), run) == []
+    with pytest.raises(ValueError, match="figure_or_data must be a matplotlib Figure"):
+        log_report_figure(_fake_trainer(wandb_like), 3.0)
+
+
+@pytest.mark.slow
+def test_report_image_appears_in_tensorboard_after_a_run(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    cb = KramersCallback(
+        "observe", overhead_budget=math.inf, probe_size=32, probe_batch_size=32, top_k=1,
+        compute_trace=False, max_products=40, max_scan_evals=20,
+    )
+    fit = trainer(max_epochs=2, logger=logger, callbacks=[cb], log_every_n_steps=4)
+    fit.fit(TinyClassifier(), BlobsData())
+    assert len(cb.history) == 2
+    assert log_report_figure(fit, cb.history, stop_reason="max_epochs") == [logger]
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    assert "kramers/report" in events.Tags()["images"]
+    [image] = events.Images("kramers/report")
+    assert image.step == fit.global_step
+    with Image.open(io.BytesIO(image.encoded_image_string)) as png:
+        assert png.size == (1300, 1400)
+    # What TensorBoard holds is what the callback published.
+    from_history = metrics_from_history(cb.history)
+    names = [n for n in cb.history[-1]["metrics"] if n.startswith("kramers/")]
+    _assert_same_table(read_tensorboard(logger.log_dir), from_history, names)
+    assert report_main([str(tmp_path)]) == 0
+    assert (Path(logger.log_dir) / "kramers_report.png").is_file()
