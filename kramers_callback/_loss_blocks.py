@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kramers_callback.signals.equilibrium import LossBlock
+from kramers_callback.observation import LossBlock
 
 __all__ = ["Dwell", "LossBlocks"]
 
@@ -75,7 +75,9 @@ class LossBlocks:
         values = sums.tolist()
         return [
             LossBlock(mean=s / b, position=p / b, samples=n)
-            for s, b, n, p in zip(values, self._batches, self._samples, self._positions, strict=True)
+            for s, b, n, p in zip(
+                values, self._batches, self._samples, self._positions, strict=True
+            )
             if b > 0
         ]
 

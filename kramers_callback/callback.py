@@ -43,6 +43,7 @@ from kramers_callback._callback_state import (
     load_running,
     running_to_state,
 )
+from kramers_callback._loss_blocks import Dwell, LossBlocks
 from kramers_callback._probe import LossFn, batch_size_of
 from kramers_callback._probe_set import ProbeSet
 from kramers_callback._validation import (
@@ -54,22 +55,22 @@ from kramers_callback._validation import (
     check_positive_int,
 )
 from kramers_callback.actuators import apply_decision, apply_layout, fall_back_to_accumulation
-from kramers_callback.controller import decide_observation
 from kramers_callback.estimate import KramersEstimate, NonFiniteLossError
 from kramers_callback.estimate import estimate as run_estimate
 from kramers_callback.limits import ControlLimits, LoopBatching, control_limits, val_check_cap
 from kramers_callback.metrics import METRICS, epoch_metrics, history_entry, publish
+from kramers_callback.noise.floor import cooling_factor
 from kramers_callback.noise.running import RunningNoiseEstimator
 from kramers_callback.noise.temperature import effective_lr, isotropic_temperature
 from kramers_callback.observation import (
-    DecisionRecord,
     EstimateSummary,
     Horizon,
     Knobs,
     Observation,
 )
 from kramers_callback.policies import Policy, policy_rule
-from kramers_callback.signals import KramersTargetSignal
+from kramers_callback.regime import RegimeDecision, choose
+from kramers_callback.signals import EquilibriumSignal, KramersTargetSignal
 from kramers_callback.stopping import StopReason, TerminationRule
 
 __all__ = ["METRICS", "KramersCallback"]
@@ -305,6 +306,8 @@ class KramersCallback(Callback):
             use_monitor=self.monitor is not None,
         )
         self.budget = OverheadBudget(self.overhead_budget, self.full_size)
+        self._cooling_factor = cooling_factor(max_change=self.max_change)
+        self._equilibrium_signal = EquilibriumSignal(factor=self._cooling_factor)
         self.history: list[dict[str, Any]] = []
         self.last_estimate: KramersEstimate | None = None
         self._reset_run_state()
@@ -341,6 +344,9 @@ class KramersCallback(Callback):
         self._batch_pinned = False
         self._loader_samples: int | None = None
         self._loader_drop_last = False
+        self._blocks = LossBlocks()
+        self._dwell = Dwell()
+        self._first_dwell = True
 
     @property
     def stop_reason(self) -> StopReason:
@@ -374,6 +380,8 @@ class KramersCallback(Callback):
             "adaptive_warned": self._adaptive_warned,
             "budget": self.budget.state_dict(),
             "termination": self.termination.state_dict(),
+            "dwell": self._dwell.state_dict(),
+            "first_dwell": self._first_dwell,
             "history": [dict(h) for h in self.history],
         }
 
@@ -395,6 +403,8 @@ class KramersCallback(Callback):
         self._adaptive_warned = bool(state.get("adaptive_warned", False))
         self.budget.load_state_dict(state.get("budget", {}))
         self.termination.load_state_dict(state.get("termination", {}))
+        self._dwell.load_state_dict(state.get("dwell"))
+        self._first_dwell = bool(state.get("first_dwell", True))
         self.history = [dict(h) for h in state.get("history", [])]
 
     def _epoch_state(self) -> dict[str, Any] | None:
@@ -412,6 +422,7 @@ class KramersCallback(Callback):
             "step_samples": self._step_samples,
             "loss_sum": float(self._loss_sum),
             "running": running_to_state(running),
+            "loss_blocks": self._blocks.state_dict(),
         }
 
     def _restore_epoch_state(self) -> None:
@@ -426,6 +437,7 @@ class KramersCallback(Callback):
         self._step_samples = int(state.get("step_samples", 0))
         self._loss_sum.fill_(float(state.get("loss_sum", 0.0)))
         load_running(self._running, state.get("running") or {})
+        self._blocks.load_state_dict(state.get("loss_blocks"))
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -527,6 +539,8 @@ class KramersCallback(Callback):
             window=self.noise_window, dataset_size=self._dataset_size
         ).to(pl_module.device)
         self._loss_sum = torch.zeros((), dtype=torch.float32, device=pl_module.device)
+        # A resume inside an epoch gets no on_train_epoch_start: set the blocks up here too.
+        self._blocks.start_epoch(trainer.num_training_batches, pl_module.device)
         self._restore_epoch_state()
         self._params = optim_io.trainable_parameters(pl_module)
         if isinstance(self._warm, WarmStart):  # restored from a checkpoint, maybe on the CPU
@@ -571,6 +585,7 @@ class KramersCallback(Callback):
         if all_finite(batches):
             per_epoch = min(per_epoch, int(batches) * layout.loader_batch * layout.world_size)
         self._samples_per_epoch = max(per_epoch, 1)
+        self._blocks.start_epoch(batches, pl_module.device)
         self._epoch_samples = 0
         self._step_samples = 0
         self._epoch_steps = 0
@@ -597,6 +612,12 @@ class KramersCallback(Callback):
             # A NaN or inf anywhere makes the sum non-finite: one addition per step, read once
             # per epoch (no host-device synchronisation per step).
             self._loss_sum.add_(loss.detach())
+            self._blocks.add(
+                loss,
+                batch_idx=batch_idx,
+                samples=batch_size_of(batch) * self._world_size,
+                position=self._samples_seen,
+            )
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
@@ -650,6 +671,10 @@ class KramersCallback(Callback):
         if self._loss_sum is not None:
             self._loss_sum = torch.zeros_like(self._loss_sum)
         loss_bad = trainer.strategy.reduce_boolean_decision(loss_bad, all=False)
+        # Every rank's block means, averaged: one synchronisation per epoch.
+        self._dwell.extend(
+            self._blocks.read(lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
+        )
         if fresh is not None and fresh.ok:
             self._last_good = fresh
         self._decide(trainer, pl_module, optimizer, fresh, running, not loss_bad)
@@ -748,7 +773,8 @@ class KramersCallback(Callback):
     ) -> None:
         assert self._layout is not None
         observation = self._observe(trainer, optimizer, fresh, running, loss_finite)
-        record = self._choose(trainer, observation)
+        regime = self._choose(trainer, observation)
+        record = regime.record
         layout = apply_decision(
             trainer,
             pl_module,
@@ -762,11 +788,15 @@ class KramersCallback(Callback):
         if layout is not self._layout:
             self._layout = layout
             self._reload_pending = layout.mechanism is BatchMechanism.LOADER
-        stop = self._stop(trainer, observation)
+        stop = self._stop(trainer, observation, regime)
         lr, batch = optim_io.lr_of(optimizer), layout.samples_per_step
+        if record.decision is not None and record.decision.changed:
+            # A new temperature: the next equilibrium is a new dwell.
+            self._dwell.reset()
+            self._first_dwell = False
         metrics = epoch_metrics(
             observation,
-            record,
+            regime,
             lr=lr,
             batch_size=batch,
             estimate_work=self.budget.estimate_work,
@@ -776,7 +806,7 @@ class KramersCallback(Callback):
         publish(trainer, metrics)
         entry = history_entry(
             observation,
-            record,
+            regime,
             step=trainer.global_step,
             estimate="deferred" if fresh is None else fresh.status,
             lr_before=observation.knobs.lr / observation.knobs.damping,
@@ -848,6 +878,8 @@ class KramersCallback(Callback):
             last_good=good,
             loss_finite=loss_finite,
             monitor=monitor,
+            loss_blocks=tuple(self._dwell.blocks),
+            first_dwell=self._first_dwell,
         )
 
     def _horizon(self, trainer: pl.Trainer) -> Horizon:
@@ -861,40 +893,39 @@ class KramersCallback(Callback):
             steps_left = float(trainer.max_steps - trainer.global_step)
         return Horizon(self._samples_seen, samples_left, steps_left)
 
-    def _choose(self, trainer: pl.Trainer, observation: Observation) -> DecisionRecord:
-        """The signals' target and the policy's decision, or why the knobs are held."""
-        hold = observation.hold_reason()
-        if hold is not None:
-            return DecisionRecord(reason=hold)
-        target = self._target_signal.read(observation)
-        now = target.now
-        critical = math.nan if now is None else now.critical_temperature
-        target_now = math.nan if now is None else now.temperature
-        if not observation.loss_finite:
+    def _choose(self, trainer: pl.Trainer, observation: Observation) -> RegimeDecision:
+        """The signals' readings, the phase and the policy's decision, or why the knobs are
+        held (:func:`kramers_callback.regime.choose`)."""
+        target = None
+        if observation.last_good is not None and observation.hold_reason() is None:
+            target = self._target_signal.read(observation)
+        regime = choose(
+            observation,
+            rule=self._rule,
+            limits=self._limits(trainer, observation.knobs.damping),
+            equilibrium=self._equilibrium_signal.read(observation),
+            target=target,
+            compute_cost=self.compute_cost,
+            factor=self._cooling_factor,
+        )
+        if regime.record.reason == "non-finite training loss":
             rank_zero_warn(
                 f"KramersCallback: non-finite training loss in epoch {observation.epoch}: "
                 "decision skipped, keeping the last good settings."
             )
-            return DecisionRecord("non-finite training loss", critical, target_now)
-        decision = decide_observation(
-            self._rule,
-            observation,
-            target_temperature=target.temperature,
-            limits=self._limits(trainer, observation.knobs.damping),
-        )
-        reason = target.no_target_reason if decision.reason == "no_target" else decision.reason
-        return DecisionRecord(reason, critical, target_now, decision)
+        return regime
 
-    def _stop(self, trainer: pl.Trainer, observation: Observation) -> bool:
-        """Seed 6.3's rule, checked only on a fresh, good estimate; any rank stopping stops
-        all."""
-        fresh = observation.fresh
+    def _stop(self, trainer: pl.Trainer, observation: Observation, regime: RegimeDecision) -> bool:
+        """Seed 6.3's rule on the measured pathways, once nothing is left to gain from
+        cooling (docs/theory.md, "The equilibrium regime"); any rank stopping stops all."""
         stop = False
-        if fresh is not None and fresh.ok:
+        if observation.hold_reason() is None and observation.loss_finite:
+            good = observation.last_good
             stop = self.termination.check(
-                rate=fresh.escape_rate,
+                rate=good.escape_rate if good is not None else 0.0,
                 remaining_steps=observation.clock.remaining,
                 epochs_completed=observation.epoch + 1,
+                settled=regime.settled,
                 monitor_value=observation.monitor,
             )
         stop = trainer.strategy.reduce_boolean_decision(stop, all=False)

@@ -12,7 +12,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from kramers_callback.observation import DecisionRecord, Observation
+from kramers_callback.observation import Observation
+from kramers_callback.regime import RegimeDecision
 
 __all__ = ["METRICS", "PROGRESS_BAR", "epoch_metrics", "history_entry", "publish"]
 
@@ -31,15 +32,21 @@ METRICS = (
     "kramers/escape_time",
     "kramers/expected_escapes",
     "kramers/estimate_seconds",
+    "kramers/equilibrium",
+    "kramers/phase",
+    "kramers/noise_floor",
+    "kramers/cooling_gain",
+    "kramers/temperature_min",
 )
 """Logged at every estimate. Between estimates the decision's own metrics (temperature,
-target, lr, batch size, noise scale) are logged again."""
+target, lr, batch size, noise scale) and the regime's (equilibrium statistic, phase, noise
+floor, cooling gain, coldest temperature) are logged again."""
 PROGRESS_BAR = ("kramers/temperature", "kramers/escape_rate")
 
 
 def epoch_metrics(
     observation: Observation,
-    record: DecisionRecord,
+    regime: RegimeDecision,
     *,
     lr: float,
     batch_size: int,
@@ -49,7 +56,10 @@ def epoch_metrics(
 ) -> dict[str, float]:
     """The metrics of one epoch end: the decision's own, the fresh estimate's numbers where
     one was measured, and the overhead budget's counters. ``lr`` and ``batch_size`` are the
-    settings after the decision. Cost: O(number of metrics)."""
+    settings after the decision. ``kramers/phase`` is the
+    :class:`~kramers_callback.regime.Phase` value: 0 descending, 1 thermalized, 2 trapped.
+    Cost: O(number of metrics)."""
+    record = regime.record
     metrics = {
         "kramers/temperature": observation.temperature,
         "kramers/temperature_target": record.target_temperature,
@@ -57,6 +67,11 @@ def epoch_metrics(
         "kramers/lr": lr,
         "kramers/batch_size": float(batch_size),
         "kramers/noise_scale": observation.noise_scale,
+        "kramers/equilibrium": regime.equilibrium.statistic,
+        "kramers/phase": float(regime.phase.value),
+        "kramers/noise_floor": regime.equilibrium.floor,
+        "kramers/cooling_gain": regime.equilibrium.gain,
+        "kramers/temperature_min": regime.coldest_temperature,
     }
     fresh = observation.fresh
     if fresh is not None and fresh.measured:
@@ -84,7 +99,7 @@ def epoch_metrics(
 
 def history_entry(
     observation: Observation,
-    record: DecisionRecord,
+    regime: RegimeDecision,
     *,
     step: int,
     estimate: str,
@@ -96,6 +111,7 @@ def history_entry(
 ) -> dict[str, Any]:
     """One entry of ``KramersCallback.history``: plain Python values (checkpointable).
     ``limited_by`` is present where a policy decided."""
+    record = regime.record
     clock = observation.clock
     entry: dict[str, Any] = {
         "epoch": observation.epoch,
@@ -114,6 +130,8 @@ def history_entry(
         critical_temperature=record.critical_temperature,
         target=record.target_temperature,
         reason=record.reason,
+        phase=regime.phase.name.lower(),
+        equilibrium=regime.equilibrium.reason,
         lr=lr,
         batch_size=batch_size,
         stop=bool(stop),

@@ -154,6 +154,16 @@ class EstimateSummary:
 
 
 @dataclass(frozen=True)
+class LossBlock:
+    """Mean per-batch training loss over a run of consecutive batches."""
+
+    mean: float
+    position: float
+    """Mean of the samples-seen counter over the block's batches (the x of the trend)."""
+    samples: int
+
+
+@dataclass(frozen=True)
 class Clock:
     """``t``, ``τ`` and ``R`` in optimizer steps of one batch size ``B``."""
 
@@ -231,16 +241,21 @@ class Observation:
     """Whether every training loss of the epoch was finite (on every rank)."""
     monitor: float | None = None
     """The stop rule's monitored metric, if one is configured and logged."""
+    loss_blocks: tuple[LossBlock, ...] = ()
+    """The training-loss blocks since the temperature last changed (the dwell), for the
+    equilibrium signal."""
+    first_dwell: bool = True
+    """Whether the dwell is the first, from the initialisation (no change of ``η`` or ``B``
+    yet)."""
 
     def hold_reason(self) -> str | None:
         """Why the measurements give nothing to decide from (never act on a non-finite
         estimate, docs/theory.md section 4.3), or ``None``. A non-finite training loss is
         checked after the signals have read the observation, so their targets are still
-        logged."""
+        logged. The equilibrium regime needs no curvature estimate (only the noise); the
+        trapped regime needs :attr:`last_good`."""
         if self.fresh is not None and not self.fresh.ok:
             return f"estimate {self.fresh.status.replace('_', ' ')}"
-        if self.last_good is None:
-            return "no good estimate yet"
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             return "no finite temperature"
         return None

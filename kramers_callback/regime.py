@@ -21,8 +21,24 @@ import math
 from dataclasses import dataclass
 
 from kramers_callback._validation import check_non_negative
+from kramers_callback.controller import decide
+from kramers_callback.limits import ControlLimits
+from kramers_callback.noise.temperature import effective_lr, isotropic_temperature
+from kramers_callback.observation import DecisionRecord, Observation
+from kramers_callback.policies import PolicyRule
+from kramers_callback.signals.equilibrium import EquilibriumReading
+from kramers_callback.signals.kramers_target import KramersTarget
+from kramers_callback.stopping import StopReason
 
-__all__ = ["CoolingValue", "Phase", "classify_phase", "cooling_value"]
+__all__ = [
+    "CoolingValue",
+    "Phase",
+    "RegimeDecision",
+    "choose",
+    "classify_phase",
+    "coldest_temperature",
+    "cooling_value",
+]
 
 
 class Phase(enum.IntEnum):
@@ -68,7 +84,8 @@ def cooling_value(
     .. math::
 
         \Delta F = F\,\Big(1 - \frac{T_{\min}}{T}\Big),\qquad
-        \text{worth it} \iff T > T_{\min}\ \wedge\ \big(c = 0\ \vee\ c\,\frac{\Delta F}{L} \ge 1\big)
+        \text{worth it} \iff T > T_{\min}
+            \ \wedge\ \big(c = 0\ \vee\ c\,\Delta F / L \ge 1\big)
 
     The floor scales with the temperature (``F = d·T/2``), so cooling to the coldest setting
     the limits allow, ``T_min``, removes ``ΔF``. The seed's stop rule values an escape at ``c``
@@ -89,7 +106,130 @@ def cooling_value(
     at_coldest = not temperature > coldest_temperature * (1.0 + 1e-9)
     if not all(math.isfinite(v) for v in (floor, temperature, coldest_temperature, loss)):
         return CoolingValue(math.nan, math.nan, at_coldest, False)
-    removable = max(0.0, floor * (1.0 - coldest_temperature / temperature)) if temperature > 0 else 0.0
+    removable = 0.0
+    if temperature > 0:
+        removable = max(0.0, floor * (1.0 - coldest_temperature / temperature))
     relative = removable / loss if loss > 0 else math.inf
     worth = not at_coldest and (compute_cost == 0 or compute_cost * relative >= 1.0)
     return CoolingValue(removable, relative, at_coldest, worth)
+
+
+def coldest_temperature(
+    observation: Observation, *, rule: PolicyRule, limits: ControlLimits
+) -> float:
+    """``T_min``: the temperature at the coldest knobs the policy may reach (``lr_min`` where it
+    owns ``η``, ``batch_max`` where it owns ``B``; the current value of a knob it does not own),
+    at the observation's noise. Cost: ``O(1)``."""
+    knobs = observation.knobs
+    lr = limits.lr_min if rule.owns_lr else knobs.lr
+    batch = limits.batch_max if rule.owns_batch else knobs.batch_size
+    size = observation.dataset_size
+    if not (math.isfinite(observation.noise_trace) and observation.noise_trace >= 0):
+        return math.nan
+    return isotropic_temperature(
+        lr=effective_lr(lr=min(lr, knobs.lr), momentum=knobs.momentum),
+        noise_trace=observation.noise_trace,
+        dim=observation.dim,
+        batch_size=max(batch, knobs.batch_size),
+        dataset_size=size if size is not None and max(batch, knobs.batch_size) <= size else None,
+    )
+
+
+@dataclass(frozen=True)
+class RegimeDecision:
+    """One epoch's regime, the decision it led to, and what the stop rule needs from it."""
+
+    record: DecisionRecord
+    phase: Phase
+    equilibrium: EquilibriumReading
+    cooling: CoolingValue
+    coldest_temperature: float
+    settled: StopReason | None
+    """Why nothing is left to gain from cooling (thermalized and at the coldest setting, or
+    cooling not worth it), or ``None``."""
+
+
+def choose(
+    observation: Observation,
+    *,
+    rule: PolicyRule,
+    limits: ControlLimits,
+    equilibrium: EquilibriumReading,
+    target: KramersTarget | None,
+    compute_cost: float,
+    factor: float,
+) -> RegimeDecision:
+    """The regime's target temperature and the policy's decision, one at a time.
+
+    - trapped (``target.now`` exists): the annealing target ``T*(η, B)``;
+    - thermalized, cooling worth it (:func:`cooling_value`): the constant target ``r·T``, which
+      the policy reaches within ``max_change`` (hybrid: ``B`` first, toward ``batch_max``);
+    - otherwise (descending, or nothing worth cooling for): no target, so the policy holds
+      every knob but the stability clamp.
+
+    A bad estimate or no finite temperature holds everything
+    (:meth:`~kramers_callback.observation.Observation.hold_reason`); so does a non-finite
+    training loss. Cost: that of :func:`~kramers_callback.controller.decide`.
+    """
+    trapped = target is not None and target.now is not None
+    phase = classify_phase(trapped=trapped, thermalized=equilibrium.thermalized)
+    coldest = coldest_temperature(observation, rule=rule, limits=limits)
+    value = cooling_value(
+        floor=equilibrium.floor,
+        temperature=observation.temperature,
+        coldest_temperature=coldest,
+        loss=equilibrium.loss,
+        compute_cost=compute_cost,
+    )
+    settled = None
+    if equilibrium.thermalized and not value.worth_it:
+        settled = StopReason.COLDEST_SETTING if value.at_coldest else StopReason.COOLING_NOT_WORTH
+
+    def regime(record: DecisionRecord) -> RegimeDecision:
+        return RegimeDecision(record, phase, equilibrium, value, coldest, settled)
+
+    hold = observation.hold_reason()
+    if hold is not None:
+        return regime(DecisionRecord(reason=hold))
+    now = target.now if target is not None else None
+    critical = math.nan if now is None else now.critical_temperature
+    target_now = math.nan if now is None else now.temperature
+    if not observation.loss_finite:
+        return regime(DecisionRecord("non-finite training loss", critical, target_now))
+    if trapped:
+        assert target is not None
+        goal, why = target.temperature, None
+    elif phase is Phase.THERMALIZED and value.worth_it:
+        goal = factor * observation.temperature
+        why = (
+            f"thermalized: cool by {factor:g} (floor {equilibrium.floor:.3g}, "
+            f"{value.relative:.1%} of the loss removable)"
+        )
+        target_now = goal
+    elif phase is Phase.THERMALIZED:
+        goal = math.nan
+        why = (
+            "thermalized at the coldest setting the limits allow"
+            if value.at_coldest
+            else f"thermalized: cooling not worth it ({value.relative:.1%} of the loss removable)"
+        )
+    else:
+        goal, why = math.nan, f"descending: hold ({equilibrium.reason})"
+    good = observation.last_good
+    knobs = observation.knobs
+    decision = decide(
+        rule,
+        target_temperature=goal,
+        lr=knobs.lr,
+        batch_size=knobs.batch_size,
+        noise_trace=observation.noise_trace,
+        dim=observation.dim,
+        # Without a curvature estimate no stability limit is known; cooling only lowers η.
+        lambda_max=good.lambda_max if good is not None else 0.0,
+        limits=limits,
+        momentum=knobs.momentum,
+        dataset_size=observation.dataset_size,
+    )
+    if why is None:
+        why = target.no_target_reason if decision.reason == "no_target" else decision.reason
+    return regime(DecisionRecord(why, critical, target_now, decision))

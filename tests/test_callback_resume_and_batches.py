@@ -71,12 +71,15 @@ def test_resume_from_a_checkpoint_saved_after_validation_inside_the_epoch(tmp_pa
     # Same max_epochs (the budget τ), stopped after two epochs.
     t = trainer(callbacks=[first, StopAfter(2), checkpoints], enable_checkpointing=True, **kwargs)
     t.fit(ValidatedWell(lr=LR), datamodule=ValidatedData(num_samples=SAMPLES))
-    path = tmp_path / "epoch=1-step=100.ckpt"
+    # The last one written in epoch 1 (its step count depends on epoch 0's decision).
+    path = max(tmp_path.glob("epoch=1-*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
     state = torch.load(path, weights_only=True)["callbacks"][first.state_key]
     assert len(state["history"]) == 1  # written before epoch 1's decision
     assert state["epoch"]["samples_per_epoch"] == SAMPLES
     assert state["epoch"]["epoch_samples"] == SAMPLES
-    assert state["epoch"]["epoch_steps"] == SAMPLES // 16
+    assert state["epoch"]["epoch_steps"] == math.ceil(SAMPLES / state["history"][0]["batch_size"])
+    # One loss per loader batch (the loader mechanism: no accumulation).
+    assert sum(state["epoch"]["loss_blocks"]["batches"]) == state["epoch"]["epoch_steps"]
 
     pl.seed_everything(123)  # the resumed run must not depend on the global seed
     resumed = KramersCallback("hybrid", **QUIET_WELL)

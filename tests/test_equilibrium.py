@@ -98,12 +98,11 @@ def test_equilibrium_rejected_during_descent_and_accepted_after_burn_in():
         # From L₀ = ½·0.1·30² = 45 ≈ 10⁴ F along the flattest mode, whose loss relaxes as
         # e^{−2ηλt} = e^{−t/250}: the first 400 steps are a descent.
         losses, floor = _quadratic_sgd(steps=8000, seed=seed, start=30.0, batch=16)
-        gain = cooling_gain(floor=floor)
         early = _blocks(losses[:400], per_block=25, batch=16)
-        descending.append(equilibrium_test(early, gain=gain, min_blocks=8))
+        descending.append(equilibrium_test(early, floor=floor, min_blocks=8))
         # A dwell of 160 blocks, tested on its last 80 (steps 4000–8000, 16 relaxation times
         # of the slowest mode after the start).
-        thermalized.append(equilibrium_test(_blocks(losses, 50, batch=16), gain=gain))
+        thermalized.append(equilibrium_test(_blocks(losses, 50, batch=16), floor=floor))
     assert all(not r.thermalized and r.statistic > 1 for r in descending)
     assert sum(r.thermalized for r in thermalized) >= 9
     assert all(r.num_blocks == 80 for r in thermalized)
@@ -127,7 +126,7 @@ def test_equilibrium_inside_a_double_well_far_below_its_barrier():
     assert 2.25 / temperature_x > 400  # far below the barrier: no escape in any horizon
     assert theta[0] > 0  # never left its well
     floor = noise_floor(lr=lr, noise_trace=float(cov.sum()), batch_size=batch)
-    reading = equilibrium_test(_blocks(losses, 250), gain=cooling_gain(floor=floor))
+    reading = equilibrium_test(_blocks(losses, 250), floor=floor)
     assert reading.thermalized, reading.reason
     # Inside its well the walker sits at the floor above the minimum L₀ = −9/4 (the batch
     # losses' tilt a_Bᵀθ averages to zero but is far too noisy to show it).
@@ -138,7 +137,8 @@ def test_loss_trend_is_the_least_squares_slope():
     rng = np.random.default_rng(0)
     xs = np.arange(20.0) * 10
     ys = 3.0 - 0.01 * xs + 0.05 * rng.standard_normal(20)
-    slope, error = loss_trend([LossBlock(float(y), float(x), 10) for x, y in zip(xs, ys)])
+    blocks = [LossBlock(float(y), float(x), 10) for x, y in zip(xs, ys, strict=True)]
+    slope, error = loss_trend(blocks)
     fit = scipy.stats.linregress(xs, ys)
     assert slope == pytest.approx(fit.slope, rel=1e-12)
     residuals = ys - fit.intercept - fit.slope * xs
@@ -151,12 +151,16 @@ def test_loss_trend_is_the_least_squares_slope():
 
 def test_untestable_readings_are_not_thermalized():
     flat = [LossBlock(1.0 + 0.01 * (-1) ** i, 10.0 * i, 10) for i in range(10)]
-    assert equilibrium_test(flat, gain=1.0).thermalized
-    short = equilibrium_test(flat[:5], gain=1.0, min_blocks=8)
+    assert equilibrium_test(flat, floor=2.0).thermalized
+    short = equilibrium_test(flat[:5], floor=2.0, min_blocks=8)
     assert not short.thermalized and "dwell of 5" in short.reason
-    assert not equilibrium_test(flat, gain=math.nan).thermalized
+    assert not equilibrium_test(flat, floor=math.nan).thermalized
     bad = [*flat[:-1], LossBlock(math.nan, 100.0, 10)]
-    assert not equilibrium_test(bad, gain=1.0).thermalized
+    assert not equilibrium_test(bad, floor=2.0).thermalized
+    # The first-dwell rule: stationary, but a floor below half the loss is not a basin yet.
+    shy = equilibrium_test(flat, floor=0.4, min_floor_share=0.5)
+    assert shy.statistic <= 1 and not shy.thermalized and "from the start" in shy.reason
+    assert equilibrium_test(flat, floor=0.6, min_floor_share=0.5).thermalized
 
 
 def test_loss_blocks_sum_on_the_device_and_survive_a_checkpoint():

@@ -73,8 +73,9 @@ def cooling_gain(*, floor: float, factor: float = COOLING_FACTOR) -> float:
 def cooling_factor(*, max_change: float) -> float:
     r"""The cooling factor within one decision's limit: ``max(COOLING_FACTOR, 1/max_change)``.
 
-    ``max_change`` bounds how far one decision moves a knob (``KramersCallback(max_change=...)``), so a limit
-    below 2 makes each cooling step smaller than the optimum ``r = 1/2``. Cost: ``O(1)``.
+    ``max_change`` bounds how far one decision moves a knob
+    (``KramersCallback(max_change=...)``), so a limit below 2 makes each cooling step smaller
+    than the optimum ``r = 1/2``. Cost: ``O(1)``.
     """
     max_change = check_in_range(
         "max_change", max_change, 1.0, math.inf, low_open=True, high_open=True

@@ -37,26 +37,31 @@ Cost: ``O(blocks)`` per test, on the host, from one read of the device sums per 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kramers_callback._validation import check_positive_int
+from kramers_callback.noise.floor import COOLING_FACTOR, cooling_gain, noise_floor
+from kramers_callback.noise.temperature import effective_lr
+from kramers_callback.observation import LossBlock, Observation
 
-__all__ = ["NOISE_Z", "EquilibriumReading", "LossBlock", "equilibrium_test", "loss_trend"]
+__all__ = [
+    "FIRST_DWELL_FLOOR_SHARE",
+    "NOISE_Z",
+    "EquilibriumReading",
+    "EquilibriumSignal",
+    "LossBlock",
+    "equilibrium_test",
+    "loss_trend",
+]
 
 NOISE_Z = 2.0
 """Standard errors of the trend within which a drop counts as noise (a two-sided 95% band)."""
-
-
-@dataclass(frozen=True)
-class LossBlock:
-    """Mean per-batch training loss over a run of consecutive batches."""
-
-    mean: float
-    position: float
-    """Mean of the samples-seen counter over the block's batches (the x of the trend)."""
-    samples: int
+FIRST_DWELL_FLOOR_SHARE = 0.5
+"""In the first dwell, thermalized also needs the floor to be at least this share of the loss
+(:func:`equilibrium_test`, ``min_floor_share``)."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,12 @@ class EquilibriumReading:
     """Loss per sample over the window (negative: still descending)."""
     slope_error: float
     window_samples: float
+    loss: float
+    """Mean training loss over the window (``nan`` before there is one)."""
+    floor: float
+    """``F``, the noise floor the test compared with."""
     gain: float
-    """``G``, the loss one cooling step removes."""
+    """``G = (1 − r)F``, the loss one cooling step removes."""
     num_blocks: int
     reason: str
     """Why it is (not) thermalized, for the history."""
@@ -104,18 +113,30 @@ def loss_trend(blocks: Sequence[LossBlock]) -> tuple[float, float]:
         return math.nan, math.nan
     slope = math.fsum((x - x_bar) * (y - y_bar) for x, y in zip(xs, ys, strict=True)) / sxx
     residuals = [y - y_bar - slope * (x - x_bar) for x, y in zip(xs, ys, strict=True)]
-    mssd = math.fsum((b - a) ** 2 for a, b in zip(residuals, residuals[1:])) / (2 * (m - 1))
+    mssd = math.fsum((b - a) ** 2 for a, b in itertools.pairwise(residuals)) / (2 * (m - 1))
     return slope, math.sqrt(mssd / sxx)
 
 
 def equilibrium_test(
-    dwell: Sequence[LossBlock], *, gain: float, min_blocks: int = 8
+    dwell: Sequence[LossBlock],
+    *,
+    floor: float,
+    factor: float = COOLING_FACTOR,
+    min_floor_share: float = 0.0,
+    min_blocks: int = 8,
 ) -> EquilibriumReading:
     r"""Test the blocks since the last change of temperature (module docstring).
 
     Args:
         dwell: the loss blocks since the temperature last changed, oldest first.
-        gain: ``G > 0``, what one cooling step would remove (``nan`` or ``≤ 0``: untestable).
+        floor: ``F``, the noise floor at the current temperature
+            (:func:`~kramers_callback.noise.floor.noise_floor`); ``nan``: untestable.
+        factor: the cooling factor ``r``; the gain is ``G = (1 − r)F``.
+        min_floor_share: thermalized also needs ``F ≥ min_floor_share · L``, with ``L`` the
+            window's mean loss. The callback asks ``1/2`` in the first dwell, from the
+            initialisation: a walker still descending from there is not relaxing in a basin,
+            and in a basin whose bottom the network can fit (``L₀ ≈ 0``) equipartition makes
+            the floor the whole excess loss (docs/theory.md, "The equilibrium regime").
         min_blocks: the smallest window; the test waits until the dwell holds this many.
 
     Returns:
@@ -123,16 +144,20 @@ def equilibrium_test(
         non-finite.
     """
     min_blocks = check_positive_int("min_blocks", min_blocks, minimum=3)
+    gain = cooling_gain(floor=floor, factor=factor) if math.isfinite(floor) else math.nan
     n = len(dwell)
     window = list(dwell[n - max(min_blocks, n // 2) :]) if n >= min_blocks else []
+    loss = math.fsum(b.mean for b in window) / len(window) if window else math.nan
 
     def reading(statistic: float, slope: float, error: float, span: float, reason: str):
         return EquilibriumReading(
             statistic=statistic,
-            thermalized=statistic <= 1.0,
+            thermalized=statistic <= 1.0 and "thermalized" in reason,
             slope=slope,
             slope_error=error,
             window_samples=span,
+            loss=loss,
+            floor=floor,
             gain=gain,
             num_blocks=len(window),
             reason=reason,
@@ -140,7 +165,7 @@ def equilibrium_test(
 
     if not window:
         return reading(math.nan, math.nan, math.nan, 0.0, f"dwell of {n} < {min_blocks} blocks")
-    if not all(math.isfinite(b.mean) for b in window):
+    if not math.isfinite(loss):
         return reading(math.nan, math.nan, math.nan, 0.0, "non-finite training loss")
     # The window spans from the first block's start to the last block's end: block positions are
     # centres, so add half a block at each side.
@@ -154,7 +179,12 @@ def equilibrium_test(
     drop = max(0.0, -slope) * span
     noise = NOISE_Z * error * span
     statistic = drop / max(gain, noise)
-    verdict = "thermalized" if statistic <= 1.0 else "descending"
+    if statistic > 1.0:
+        verdict = "descending"
+    elif floor < min_floor_share * loss:
+        verdict = f"descending from the start (floor below {min_floor_share:g} of the loss)"
+    else:
+        verdict = "thermalized"
     return reading(
         statistic,
         slope,
@@ -163,3 +193,39 @@ def equilibrium_test(
         f"{verdict}: trend drop {drop:.3g} per window vs cooling gain {gain:.3g} and "
         f"trend noise {noise:.3g}",
     )
+
+
+class EquilibriumSignal:
+    """The equilibrium test of the observation's dwell, at its floor.
+
+    The floor comes from the observation's noise (``tr Σ₁``) and knobs
+    (:func:`~kramers_callback.noise.floor.noise_floor`); the first dwell, from the
+    initialisation, asks :data:`FIRST_DWELL_FLOOR_SHARE`. Cost: that of
+    :func:`equilibrium_test`.
+
+    Args:
+        factor: the cooling factor ``r`` (``G = (1 − r)F``).
+        min_blocks: the smallest window.
+    """
+
+    def __init__(self, *, factor: float = COOLING_FACTOR, min_blocks: int = 8) -> None:
+        self.factor = factor
+        self.min_blocks = min_blocks
+
+    def read(self, observation: Observation) -> EquilibriumReading:
+        knobs = observation.knobs
+        floor = math.nan
+        if math.isfinite(observation.noise_trace) and observation.noise_trace >= 0:
+            floor = noise_floor(
+                lr=effective_lr(lr=knobs.lr, momentum=knobs.momentum),
+                noise_trace=observation.noise_trace,
+                batch_size=knobs.batch_size,
+                dataset_size=observation.dataset_size,
+            )
+        return equilibrium_test(
+            observation.loss_blocks,
+            floor=floor,
+            factor=self.factor,
+            min_floor_share=FIRST_DWELL_FLOOR_SHARE if observation.first_dwell else 0.0,
+            min_blocks=self.min_blocks,
+        )
