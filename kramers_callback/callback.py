@@ -55,7 +55,13 @@ from kramers_callback._validation import (
     check_positive_int,
 )
 from kramers_callback.actuators import apply_decision, apply_layout, fall_back_to_accumulation
-from kramers_callback.estimate import KramersEstimate, NonFiniteLossError
+from kramers_callback.estimate import (
+    KramersEstimate,
+    NonFiniteLossError,
+    check_top_k,
+    noise_estimator_for,
+    validate_estimate_options,
+)
 from kramers_callback.estimate import estimate as run_estimate
 from kramers_callback.limits import ControlLimits, LoopBatching, control_limits, val_check_cap
 from kramers_callback.metrics import METRICS, epoch_metrics, history_entry, publish
@@ -70,17 +76,22 @@ from kramers_callback.observation import (
 )
 from kramers_callback.policies import Policy, policy_rule
 from kramers_callback.regime import RegimeDecision, choose
+from kramers_callback.report_loggers import log_report_figure
 from kramers_callback.signals import EquilibriumSignal, KramersTargetSignal
+from kramers_callback.step_loss import LossPath, resolve_loss, training_step_warning
 from kramers_callback.stopping import StopReason, TerminationRule
 
 __all__ = ["METRICS", "KramersCallback"]
 
-_ESTIMATE_OPTIONS = ("noise", "micro_batch_size", "backend", "kappa", "tol", "trace_tol")
-
-
-def _per_sample_loss_method(model: nn.Module, batch: Any) -> Tensor:
-    """``model.per_sample_loss(batch)``: a module-level function, so it pickles (ddp_spawn)."""
-    return model.per_sample_loss(batch)  # type: ignore[operator]
+_ESTIMATE_OPTIONS = (
+    "noise",
+    "micro_batch_size",
+    "backend",
+    "kappa",
+    "tol",
+    "trace_tol",
+    "centre_probe",
+)
 
 
 class KramersCallback(Callback):
@@ -260,7 +271,7 @@ class KramersCallback(Callback):
             raise ValueError(
                 f"estimate_options must have keys among {list(_ESTIMATE_OPTIONS)}, got {unknown}"
             )
-        self.estimate_options = options
+        self.estimate_options = validate_estimate_options(options)
         self.overhead_budget = check_budget("overhead_budget", overhead_budget)
         self.compute_cost = check_non_negative("compute_cost", compute_cost)
         self.min_epochs = check_positive_int("min_epochs", min_epochs, minimum=0)
@@ -452,15 +463,23 @@ class KramersCallback(Callback):
         )
         if self._external_accumulation and mechanism is BatchMechanism.ACCUMULATION:
             checks.check_accumulation_owner(self._rule, self.batch_size_attr)
-        if self.loss_fn is not None:
-            self._loss = self.loss_fn
-        elif callable(getattr(pl_module, "per_sample_loss", None)):
-            self._loss = _per_sample_loss_method
-        else:
-            raise MisconfigurationException(
-                "KramersCallback needs per-sample losses. Add a method "
-                "`per_sample_loss(self, batch) -> Tensor[n]` to your LightningModule, or pass "
-                "KramersCallback(loss_fn=lambda model, batch: ...) returning one loss per sample."
+        try:
+            dim = sum(p.numel() for p in optim_io.trainable_parameters(pl_module))
+            check_top_k(self.full_size.top_k, dim)
+        except ValueError as err:
+            raise MisconfigurationException(f"KramersCallback: {err}") from None
+        resolved = resolve_loss(self.loss_fn, pl_module)
+        self._loss = resolved.loss_fn
+        try:
+            noise_estimator_for(self.estimate_options.get("noise"), resolved.loss_fn)
+        except ValueError as err:
+            raise MisconfigurationException(f"KramersCallback: estimate_options: {err}") from None
+        if resolved.path is LossPath.TRAINING_STEP:
+            rank_zero_warn(
+                training_step_warning(
+                    num_samples=self.probe_size,
+                    micro_batch_size=self.estimate_options.get("micro_batch_size"),
+                )
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -975,6 +994,16 @@ class KramersCallback(Callback):
         )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.history:
+            log_report_figure(
+                trainer,
+                self.history,
+                stop_reason=self.stop_reason.value,
+                config={
+                    "trainer": {"max_epochs": trainer.max_epochs},
+                    "kramers": {"compute_cost": self.compute_cost},
+                },
+            )
         if self._running_skipped and self.verbose:
             rank_zero_info(
                 "KramersCallback: the running noise estimate was skipped at steps whose window "

@@ -94,7 +94,6 @@ def test_sharded_strategies_are_refused(strategy):
         (dict(optimizer="rmsprop"), {}, "supports torch.optim.SGD and the Adam family"),
         (dict(scheduler=True), dict(policy="lr"), "cannot run with an LR scheduler"),
         (dict(scheduler=True), {}, "use policy='batch' or 'observe' to keep it"),
-        (dict(per_sample=False), {}, "Add a method `per_sample_loss"),
     ],
 )
 def test_unsupported_setups_are_refused_at_setup(module, callback, match):
@@ -237,3 +236,39 @@ def test_bf16_mixed_runs_and_estimates_in_float32():
     )
     assert dtypes and set(dtypes) == {torch.float32} and not any(autocast)
     assert cb.last_estimate is not None and cb.last_estimate.finite
+
+
+class _PlainModule(pl.LightningModule):
+    """A module as users write it: training_step, configure_optimizers, nothing else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+        )
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_a_module_with_only_training_step_runs_and_logs_temperature_and_curvature():
+    cb = KramersCallback(overhead_budget=math.inf, probe_size=64, top_k=1, max_scan_evals=10)
+    pl.seed_everything(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = trainer(callbacks=[cb], max_epochs=2)
+        t.fit(_PlainModule(), datamodule=BlobsData())
+    said = [str(w.message) for w in caught if "batch-mean loss of training_step" in str(w.message)]
+    assert len(said) == 1
+    assert [h["estimate"] for h in cb.history] == ["ok", "ok"]
+    for name in ("kramers/temperature", "kramers/lambda_max"):
+        value = float(t.callback_metrics[name])
+        assert math.isfinite(value) and value > 0
+    # The estimate's own training_step calls logged nothing: train_loss is the training's.
+    assert "train_loss" in t.callback_metrics

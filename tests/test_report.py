@@ -391,7 +391,7 @@ def test_report_image_appears_in_tensorboard_after_a_run(tmp_path):
     fit = trainer(max_epochs=2, logger=logger, callbacks=[cb], log_every_n_steps=4)
     fit.fit(TinyClassifier(), BlobsData())
     assert len(cb.history) == 2
-    assert log_report_figure(fit, cb.history, stop_reason="max_epochs") == [logger]
+    # The callback handed the figure to the logger itself, at fit end.
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir)
     events.Reload()
