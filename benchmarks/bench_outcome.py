@@ -39,11 +39,15 @@ benchmark resumes), and ``OUT/summary.md`` is rewritten after every run with
   compute ratio and the accuracy difference (target for a Kramers arm: compute within 10%,
   accuracy within 0.3 points; a fixed schedule doubles its cost).
 
-Usage (each data set as its own process; then the doubled budget; then one summary)::
+Usage (each data set as its own process, the doubled budget in the same runs file, then one
+summary over both)::
 
     python benchmarks/bench_outcome.py --datasets digits --out benchmarks/output/outcome_digits
     python benchmarks/bench_outcome.py --datasets digits --epochs-scale 2 \
         --methods step cosine kramers_hybrid kramers_lr --out benchmarks/output/outcome_digits
+    # the same two with mnist1d and benchmarks/output/outcome_mnist1d, then
+    cat benchmarks/output/outcome_{digits,mnist1d}/runs.jsonl > benchmarks/output/outcome/runs.jsonl
+    python benchmarks/bench_outcome.py --summary-only --out benchmarks/output/outcome
 
 This is a script, not a test; it needs the ``examples`` extra (scikit-learn, mnist1d) and,
 for the ``sasa`` arm, ``statopt``.
@@ -649,7 +653,7 @@ def _cooling_table(by_method: dict[str, Runs]) -> list[str]:
         "When it cooled and why (a cooling lowers η/B; a change of η or B at epoch e acts from "
         "e + 1):",
         "",
-        "| arm | runs that cooled | median first cooling epoch | coolings per run "
+        "| arm | runs that cooled | median first cooling epoch (from 0) | coolings per run "
         "| other changes of η or B | why it cooled | stop reasons |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -800,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     notes: list[str] = []
     methods = list(args.methods)
-    if "sasa" in methods and not args.summary_only:
+    if "sasa" in methods:
         why = sasa_unavailable()
         if why is not None:
             methods.remove("sasa")
