@@ -162,7 +162,9 @@ class OverheadBudget:
     sample-pass of the estimates so far (before the first: of training). The first estimate
     comes by the end of epoch :data:`FIRST_BY_EPOCH`: if the credit is short then, it borrows
     from the budget of the whole horizon, ``β·t_epoch·(epochs done + epochs left)``, and later
-    estimates wait until the credit is repaid. ``β = inf`` estimates at full size every time.
+    estimates wait until the credit is repaid; where not even that pays for it by the
+    prediction, the smallest size runs once to measure the real cost (on a tiny data set this
+    one estimate can exceed ``β``: ``kramers/overhead`` shows it). ``β = inf`` estimates at full size every time.
 
     Because it runs on measured time, two runs on differently loaded machines may space their
     estimates differently; under DDP the callback plans on rank 0's times (broadcast).
@@ -249,6 +251,12 @@ class OverheadBudget:
             if horizon - self.estimate_seconds >= predicted:
                 reason = "first estimate, paid from the budget of the whole horizon"
                 return Plan(True, size, level, predicted, credit, reason)
+            # Not even the horizon pays for it by the prediction, which counts a training
+            # step's overheads into every sample-pass: make the smallest one, to measure it.
+            last = len(self.sizes) - 1
+            smallest = self.sizes[last]
+            reason = "first estimate at the smallest size, to measure what an estimate costs"
+            return Plan(True, smallest, last, self.predicted_seconds(smallest), credit, reason)
         epochs = (predicted - credit) / (self.overhead_budget * epoch_seconds)
         reason = (
             f"its predicted time, {predicted:.3g} s (size level {level}: probe "

@@ -238,7 +238,7 @@ class KramersCallback(Callback):
         overhead_budget: float = 0.05,
         compute_cost: float = 0.0,
         min_epochs: int = 0,
-        patience: int = 3,
+        patience: int = 1,
         monitor: str | None = None,
         min_delta: float = 0.0,
         mode: str = "min",
