@@ -1,37 +1,56 @@
-r"""Outcome benchmark (issue 4, item 3a): the Kramers callback against standard LR schedules.
+r"""Outcome benchmark: the Kramers callback at its default settings against what a user would pick.
 
 On scikit-learn's digits and on MNIST-1D, for several seeds, the same network is trained with
-plain SGD from the same initial learning rate over the same epoch budget under
+SGD (momentum 0.9, no weight decay) from the same initial learning rate over the same epoch
+budget under
 
 - ``constant``: a constant learning rate;
 - ``step``: step decay, ×0.1 at 50% and at 75% of the budget (``MultiStepLR``);
 - ``cosine``: ``CosineAnnealingLR`` over the budget (per epoch);
 - ``early_stop``: a constant learning rate with ``EarlyStopping(monitor="val_acc",
   mode="max", patience=P)``;
-- ``kramers``: ``KramersCallback(policy="hybrid")`` with its stop rule on
-  (``compute_cost = c > 0``, see :data:`KRAMERS_COMPUTE_COST`) and the optional guard "only
-  while the validation accuracy has stopped improving" (:data:`KRAMERS_OPTIONS`);
-- ``kramers_unguarded``: the same without that guard (the seed's stop rule alone).
+- ``plateau``: ``ReduceLROnPlateau(mode="min", factor=0.1, patience=3)`` on ``val_loss``,
+  stepped once per epoch;
+- ``sasa``: SASA+ (Zhang, Lang, Liu, Xiao 2020, "Statistical adaptive stochastic gradient
+  methods"), the stationarity-test optimizer of the ``statopt`` package, with the same
+  effective step and momentum (:data:`SASA_OPTIONS`); skipped, with the reason printed, where
+  ``statopt`` does not import or run;
+- ``kramers_hybrid`` and ``kramers_lr``: ``KramersCallback(policy=..., compute_cost=10)``,
+  every other argument at its default (:data:`KRAMERS_OPTIONS`).
 
-Per run it records the best and final validation accuracy, optimizer steps, training samples
-processed (the sum of the batch sizes seen in ``on_train_batch_end``), the wall time of
-``trainer.fit``, and for the Kramers arm the epoch it stopped, its stop reason and the final
-``kramers/*`` metrics. Each finished run is appended as one JSON line to ``OUT/runs.jsonl``
-(runs already there are skipped, so an interrupted benchmark resumes), and the summary table
-(means ± sample standard deviations over seeds) is rewritten to ``OUT/summary.md`` after every
-run.
+Per run it records the best and final validation accuracy, epochs, optimizer steps, training
+samples (the sum of the batch sizes seen in ``on_train_batch_end``), the compute in counted
+sample-passes (training: 3 per sample, one forward and a backward of about twice its cost;
+estimates: the callback's own count; total: their sum), the wall time of ``trainer.fit`` and
+the seconds spent inside estimates, the changes of η or B (epoch, old η, new η, old B, new B,
+reason), the stop epoch and reason, the mean training loss of every epoch, and the callback's
+per-epoch ``kramers/cooling_gain`` and ``kramers/noise_floor``. Each finished run is appended
+as one JSON line to ``OUT/runs.jsonl`` (runs already there are skipped, so an interrupted
+benchmark resumes), and ``OUT/summary.md`` is rewritten after every run with
 
-Target check (issue 4): a Kramers arm's mean final validation accuracy is within 0.3 points
-of the best baseline's (the baseline arm with the highest mean final validation accuracy),
-while it processes at most 70% of that baseline's mean samples.
+- the outcome table per data set and epoch scale (means ± sample standard deviations);
+- the target check: a Kramers arm's mean final validation accuracy within 0.3 points of the
+  best baseline's (the non-Kramers arm with the highest mean final accuracy), at ≤ 60% of
+  that baseline's mean total compute;
+- when the Kramers arms cooled and why, and why they stopped;
+- the noise-floor ratio: the measured drop of the mean training loss across each cooling step
+  (epoch before minus epoch after) over the predicted one (the logged cooling gain);
+- budget robustness, where runs at ``--epochs-scale 2`` and at 1 are both present: per arm the
+  compute ratio and the accuracy difference (target for a Kramers arm: compute within 10%,
+  accuracy within 0.3 points; a fixed schedule doubles its cost).
 
-Usage::
+Usage (each data set as its own process, the doubled budget in the same runs file, then one
+summary over both)::
 
-    python benchmarks/bench_outcome.py --datasets digits mnist1d --seeds 0 1 2 3 4 \
-        --methods constant step cosine early_stop kramers kramers_unguarded \
-        --out benchmarks/output/outcome
+    python benchmarks/bench_outcome.py --datasets digits --out benchmarks/output/outcome_digits
+    python benchmarks/bench_outcome.py --datasets digits --epochs-scale 2 \
+        --methods step cosine kramers_hybrid kramers_lr --out benchmarks/output/outcome_digits
+    # the same two with mnist1d and benchmarks/output/outcome_mnist1d, then
+    cat benchmarks/output/outcome_{digits,mnist1d}/runs.jsonl > benchmarks/output/outcome/runs.jsonl
+    python benchmarks/bench_outcome.py --summary-only --out benchmarks/output/outcome
 
-This is a script, not a test; it needs the ``examples`` extra (scikit-learn, mnist1d).
+This is a script, not a test; it needs the ``examples`` extra (scikit-learn, mnist1d) and,
+for the ``sasa`` arm, ``statopt``.
 """
 
 from __future__ import annotations
@@ -45,7 +64,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,43 +81,48 @@ from kramers_callback.examples import (
     MNIST1DDataModule,
 )
 
-BASELINES = ("constant", "step", "cosine", "early_stop")
-KRAMERS_ARMS = ("kramers", "kramers_unguarded")
+SCHEDULES = ("constant", "step", "cosine", "plateau", "sasa")
+"""The arms that differ only in the module's ``configure_optimizers``."""
+BASELINES = ("constant", "step", "cosine", "early_stop", "plateau", "sasa")
+KRAMERS_ARMS = ("kramers_hybrid", "kramers_lr")
 METHODS = (*BASELINES, *KRAMERS_ARMS)
 
 KRAMERS_COMPUTE_COST = 10.0
-"""``c`` of the stop rule ``k·R·c < 1``: stop once fewer than ``1/c = 0.1`` escapes are
-expected in the remaining budget, i.e. when continuing has under a 10% chance of finding
-another basin. ``c = 10`` values a basin change at ten budgets of compute; a smaller ``c``
-stops earlier."""
+"""``c`` of the stop rule: stop once what is left to gain (escapes, and the noise floor that
+cooling could still remove) is worth less than ``1/c`` of a budget's compute."""
 
-KRAMERS_OPTIONS: dict[str, Any] = {
-    "policy": "hybrid",
-    "compute_cost": KRAMERS_COMPUTE_COST,
-    # The default 5% overhead budget never pays for one estimate on these small data sets (an
-    # epoch of digits is 1 348 samples, the smallest estimate ~15 000 counted sample-passes),
-    # so the callback would never act: estimate at full size at every epoch end instead and
-    # report the cost (wall time, kramers/overhead).
-    "overhead_budget": math.inf,
-    # SPEC 5's optional guard: stop only while the validation accuracy has stopped improving.
-    "monitor": "val_acc",
-    "mode": "max",
-    "patience": 3,
-    "verbose": False,
+KRAMERS_OPTIONS: dict[str, dict[str, Any]] = {
+    "kramers_hybrid": {"policy": "hybrid", "compute_cost": KRAMERS_COMPUTE_COST},
+    "kramers_lr": {"policy": "lr", "compute_cost": KRAMERS_COMPUTE_COST},
 }
-"""The ``kramers`` arm's callback; every other argument keeps its default (probe 256 samples,
-top_k 3, κ = 20, lr bounds [η₀/1000, η₀], batch bounds [B₀, epoch size], ×2 per decision)."""
+"""The Kramers arms' callbacks: only ``policy`` and ``compute_cost`` are chosen, everything
+else (overhead budget, probe, limits, ``max_change``, patience, no monitor) is the default."""
 
-KRAMERS_UNGUARDED_OPTIONS: dict[str, Any] = {
-    k: v for k, v in KRAMERS_OPTIONS.items() if k not in ("monitor", "mode")
+SASA_OPTIONS: dict[str, Any] = {
+    "drop_factor": 10.0,
+    "significance": 0.05,
+    "warmup": 0,
+    "leak_ratio": 4,
+    "minN_stats": 100,
 }
-"""The ``kramers_unguarded`` arm: the same, without the validation-metric guard (the seed's
-stop rule alone, with ``patience`` 3)."""
+"""SASA+'s test settings. The drop ×0.1 matches ``step`` and ``plateau``; the test runs once
+per epoch (``testfreq`` = optimizer steps per epoch, as in the paper). The package defaults
+(``warmup=1000``, ``minN_stats=1000`` kept statistics at ``leak_ratio=8``) need about 8 000
+steps before the first test, more than either budget, so the smallest statistics window the
+package allows (100, at ``leak_ratio=4``: 400 steps) is used instead. Its step is
+``α = η₀/(1 − β)``: QHM's dampened momentum (``h ← βh + (1 − β)g``, ``x ← x − αh``) then takes
+the same steps as SGD with momentum ``β`` and learning rate ``η₀``."""
 
 ACCURACY_TOLERANCE = 0.3
-"""Target: Kramers accuracy within this many percentage points of the best baseline."""
-SAMPLE_FRACTION = 0.7
-"""Target: Kramers processes at most this fraction of the best baseline's samples."""
+"""Target: Kramers final accuracy within this many percentage points of the best baseline."""
+COMPUTE_FRACTION = 0.6
+"""Target: Kramers total compute at most this fraction of the best baseline's."""
+ROBUST_COMPUTE = 0.10
+"""Budget robustness target: a Kramers arm's compute changes by at most this fraction when
+the epoch budget doubles."""
+TRAINING_PASSES_PER_SAMPLE = 3
+"""Counted sample-passes per training sample: a forward and a backward of about twice its cost
+(the convention of the callback's overhead budget)."""
 
 
 @dataclass(frozen=True)
@@ -131,67 +155,137 @@ DATASETS = {
 }
 
 
+def epoch_budget(dataset: str, epochs: int | None, scale: float) -> int:
+    """The epoch budget: ``epochs`` (default: the data set's) times ``scale``, at least 1."""
+    return max(1, round((epochs or DATASETS[dataset].epochs) * scale))
+
+
+# -- SASA+ ---------------------------------------------------------------------------------------
+_SASA_DEPRECATION = ".*This overload of add_? is deprecated.*"
+"""statopt 0.2 calls ``Tensor.add_(Number, Tensor)``, deprecated in torch but still working."""
+
+
+def make_sasa(params: Any, *, lr: float, momentum: float, testfreq: int) -> torch.optim.Optimizer:
+    """SASA+ with :data:`SASA_OPTIONS`, stepping like SGD(``lr``, ``momentum``)."""
+    from statopt import SASA
+
+    optimizer = SASA(
+        params, lr=lr / (1.0 - momentum), momentum=momentum, testfreq=max(1, testfreq),
+        **SASA_OPTIONS,
+    )
+    # statopt 0.2 accepts only var_mode 'mb' but computes batch means only for 'bm' (anything
+    # else falls back to the i.i.d. variance, which autocorrelated SGD statistics violate): set
+    # the paper's batch-means estimator directly.
+    optimizer.state["var_mode"] = "bm"
+    return optimizer
+
+
+def sasa_unavailable() -> str | None:
+    """``None`` where SASA+ imports and takes steps on this torch, else why not (the error)."""
+    try:
+        net = torch.nn.Linear(4, 2)
+        optimizer = make_sasa(net.parameters(), lr=0.05, momentum=0.9, testfreq=1)
+        generator = torch.Generator().manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_SASA_DEPRECATION)
+            for _ in range(3):
+                optimizer.zero_grad()
+                net(torch.randn(8, 4, generator=generator)).pow(2).mean().backward()
+                optimizer.step()
+    except Exception as error:  # any failure means: skip the arm, and say why
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+# -- training ------------------------------------------------------------------------------------
 class ScheduledClassifier(ClassifierModule):
     """:class:`ClassifierModule` with one of the benchmark's learning-rate schedules.
 
     ``schedule``: ``"constant"`` (no scheduler), ``"step"`` (×0.1 at 50% and 75% of
-    ``epochs``) or ``"cosine"`` (``CosineAnnealingLR(T_max=epochs)``); both step once per
-    epoch.
+    ``epochs``), ``"cosine"`` (``CosineAnnealingLR(T_max=epochs)``), ``"plateau"``
+    (``ReduceLROnPlateau`` on ``val_loss``), all stepped once per epoch, or ``"sasa"`` (the
+    SASA+ optimizer, testing once per epoch).
     """
 
     def __init__(
         self, net: torch.nn.Module, *, schedule: str, epochs: int, lr: float, momentum: float
     ) -> None:
         super().__init__(net, lr=lr, momentum=momentum)
-        if schedule not in ("constant", "step", "cosine"):
-            raise ValueError(f"schedule must be one of constant, step, cosine, got {schedule!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.schedule = schedule
         self.epochs = epochs
 
     def configure_optimizers(self) -> Any:
+        if self.schedule == "sasa":
+            steps = self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs)
+            return make_sasa(
+                self.parameters(), lr=self.lr, momentum=self.momentum, testfreq=int(steps)
+            )
         optimizer = super().configure_optimizers()
         if self.schedule == "constant":
             return optimizer
+        config: dict[str, Any] = {"interval": "epoch"}
         if self.schedule == "step":
             milestones = [max(1, round(0.5 * self.epochs)), max(2, round(0.75 * self.epochs))]
-            scheduler: Any = torch.optim.lr_scheduler.MultiStepLR(
+            config["scheduler"] = torch.optim.lr_scheduler.MultiStepLR(
                 optimizer, milestones=milestones, gamma=0.1
             )
+        elif self.schedule == "cosine":
+            config["scheduler"] = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=self.epochs
+            )
         else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+            config["scheduler"] = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=0.1, patience=3
+            )
+            config["monitor"] = "val_loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
 
-class WorkCounter(Callback):
-    """Counts the training samples processed and records the validation accuracy per epoch.
+class Recorder(Callback):
+    """Counts the training samples and records, per epoch, the mean training loss, the
+    validation accuracy, the loader's batch size and the learning rate.
 
     ``samples`` is the sum of the batch sizes seen in ``on_train_batch_end`` (so it follows a
-    batch size that a callback changes mid-run); ``val_acc`` holds one value per validation
-    epoch; ``kramers_history`` the ``kramers/*`` metrics at the end of each epoch.
+    batch size that a callback changes mid-run); ``train_loss[e]`` is the sample-weighted mean
+    of the ``loss`` that ``training_step`` returned during epoch ``e``.
     """
 
-    def __init__(self, kramers: Callback | None = None) -> None:
-        self.kramers = kramers
-        self._last_estimate: Any = None
+    def __init__(self) -> None:
         self.samples = 0
         self.batch_sizes: list[int] = []
+        self.lrs: list[float] = []
         self.val_acc: list[float] = []
-        self.kramers_history: list[dict[str, Any]] = []
+        self.train_loss: list[float] = []
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        size = getattr(trainer.train_dataloader, "batch_size", None)
+        if isinstance(size, int):
+            self.batch_sizes.append(size)
+        self.lrs.append(float(trainer.optimizers[0].param_groups[0]["lr"]))
+        self._loss_sum, self._loss_count = None, 0
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:
-        self.samples += len(batch[1])
+        count = len(batch[1])
+        self.samples += count
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            # Accumulated as a tensor: one host read per epoch, not one per step.
+            weighted = loss.detach().float() * count
+            self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
+            self._loss_count += count
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loader = trainer.train_dataloader
-        size = getattr(loader, "batch_size", None)
-        if isinstance(size, int):
-            self.batch_sizes.append(size)
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        mean = math.nan
+        if self._loss_sum is not None and self._loss_count:
+            mean = float(self._loss_sum) / self._loss_count
+        self.train_loss.append(mean)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -200,113 +294,132 @@ class WorkCounter(Callback):
         if value is not None:
             self.val_acc.append(float(value))
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics: dict[str, Any] = _kramers_metrics(trainer)
-        if not metrics:
-            return
-        metrics["epoch"] = float(trainer.current_epoch)
-        if self.val_acc:
-            metrics["val_acc"] = self.val_acc[-1]
-        estimate = getattr(self.kramers, "last_estimate", None)
-        if estimate is not None and estimate is not self._last_estimate:
-            self._last_estimate = estimate
-            metrics["pathways"] = [
-                {
-                    "name": p.name,
-                    "status": getattr(p.status, "value", str(p.status)),
-                    "curvature": p.curvature,
-                    "temperature": p.temperature,
-                    "barrier": p.barrier,
-                    "rate": p.rate,
-                }
-                for p in estimate.pathways
-            ]
-            metrics["num_hvp"] = estimate.num_hvp
-        self.kramers_history.append(metrics)
-
-
-def _kramers_metrics(trainer: pl.Trainer) -> dict[str, float]:
-    out = {}
-    for name, value in trainer.callback_metrics.items():
-        if name.startswith("kramers/"):
-            with contextlib.suppress(TypeError, ValueError):
-                out[name] = float(value)
-    return out
-
 
 @dataclass
 class RunResult:
-    """What one (dataset, method, seed) run measured; one JSON line of ``runs.jsonl``."""
+    """What one (dataset, method, seed, scale) run measured; one JSON line of ``runs.jsonl``."""
 
     dataset: str
     method: str
     seed: int
+    epochs_scale: float
     epochs_budget: int
     epochs_run: int
     best_val_acc: float
     final_val_acc: float
     optimizer_steps: int
     samples: int
+    training_work: float
+    """Counted training sample-passes: :data:`TRAINING_PASSES_PER_SAMPLE` × ``samples``."""
+    estimate_work: float
+    """Counted estimate sample-passes (0 for the baselines)."""
+    estimate_work_source: str
+    total_work: float
     wall_s: float
+    estimate_s: float
+    """Wall-clock seconds inside estimates: the sum of the logged ``kramers/estimate_seconds``."""
     lr_final: float
     batch_size_final: int | None
     stop_epoch: int | None = None
     stop_reason: str | None = None
-    kramers_final: dict[str, float] = field(default_factory=dict)
-    kramers_history: list[dict[str, Any]] = field(default_factory=list)
-    batch_sizes: list[int] = field(default_factory=list)
+    changes: list[list[Any]] = field(default_factory=list)
+    """Every change of η or B: ``[epoch, old lr, new lr, old B, new B, reason, phase]``; it
+    takes effect from epoch ``epoch + 1``."""
+    train_loss: list[float] = field(default_factory=list)
     val_acc_history: list[float] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)
+    lr_history: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    kramers_epochs: list[dict[str, Any]] = field(default_factory=list)
+    """Per epoch end: epoch, phase, ``kramers/cooling_gain``, ``kramers/noise_floor``."""
+    history: list[dict[str, Any]] = field(default_factory=list)
     """The Kramers callback's ``history``: one record per epoch end (measured, decided, why)."""
 
 
 def make_kramers_callback(method: str) -> Callback:
-    """The Kramers arms' callback: hybrid policy, stop rule on (``compute_cost > 0``)."""
+    """A Kramers arm's callback (:data:`KRAMERS_OPTIONS`)."""
     from kramers_callback.callback import KramersCallback
 
-    options = KRAMERS_OPTIONS if method == "kramers" else KRAMERS_UNGUARDED_OPTIONS
-    return KramersCallback(**options)
+    return KramersCallback(**KRAMERS_OPTIONS[method])
 
 
-def _stop_info(callback: Callback | None) -> tuple[int | None, str | None]:
-    """The Kramers callback's stop epoch and reason, read defensively from its attributes."""
-    if callback is None:
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _stop_info(
+    kramers: Callback | None, early: EarlyStopping | None
+) -> tuple[int | None, str | None]:
+    """The stop epoch and reason, read defensively from the stopping callback's attributes."""
+    if early is not None:
+        epoch = int(getattr(early, "stopped_epoch", 0) or 0)
+        return (epoch, "early_stopping") if epoch > 0 else (None, None)
+    if kramers is None:
         return None, None
-    rule = getattr(callback, "termination", None)
+    rule = getattr(kramers, "termination", None)
+    reason = getattr(kramers, "stop_reason", getattr(rule, "reason", None))
+    reason = getattr(reason, "value", reason)
+    if reason is None or reason == "not_stopped":
+        return None, None
     epoch = getattr(rule, "stopped_epoch", None)
-    reason = getattr(rule, "reason", None)
     message = getattr(rule, "message", None)
-    if reason is not None and hasattr(reason, "value"):
-        reason = reason.value
-    text = None if reason is None else str(reason)
-    if message:
-        text = f"{text}: {message}" if text else str(message)
+    text = f"{reason}: {message}" if message else str(reason)
     return (None if epoch is None else int(epoch)), text
 
 
-def run_one(dataset: str, method: str, seed: int, epochs: int | None, threads: int) -> RunResult:
-    """Train one (dataset, method, seed) and measure it."""
+def _estimate_work(kramers: Callback | None, history: list[dict[str, Any]]) -> tuple[float, str]:
+    """Counted estimate sample-passes and where they were read: the callback's budget, else
+    the largest logged ``kramers/estimate_work`` (cumulative), else ``nan``."""
+    if kramers is None:
+        return 0.0, "none"
+    value = _finite(getattr(getattr(kramers, "budget", None), "estimate_work", None))
+    if value is not None:
+        return value, "budget.estimate_work"
+    logged = [
+        v for h in history
+        if (v := _finite(h.get("metrics", {}).get("kramers/estimate_work"))) is not None
+    ]
+    if logged:
+        return max(logged), "history kramers/estimate_work"
+    return (0.0, "no estimate") if history else (math.nan, "unavailable")
+
+
+def _changes(history: list[dict[str, Any]]) -> list[list[Any]]:
+    out = []
+    for h in history:
+        lr_before, lr = h.get("lr_before"), h.get("lr")
+        batch_before, batch = h.get("batch_before"), h.get("batch_size")
+        if lr_before != lr or batch_before != batch:
+            out.append([h.get("epoch"), lr_before, lr, batch_before, batch, h.get("reason"),
+                        h.get("phase")])
+    return out
+
+
+def run_one(
+    dataset: str, method: str, seed: int, *, budget: int, scale: float, threads: int
+) -> RunResult:
+    """Train one (dataset, method, seed) over ``budget`` epochs and measure it."""
     config = DATASETS[dataset]
-    budget = epochs or config.epochs
     torch.set_num_threads(threads)
     pl.seed_everything(seed, workers=True, verbose=False)
-    schedule = method if method in ("constant", "step", "cosine") else "constant"
+    schedule = method if method in SCHEDULES else "constant"
     model = ScheduledClassifier(
         config.make_net(), schedule=schedule, epochs=budget, lr=config.lr, momentum=config.momentum
     )
     data = config.make_data(seed)
     callbacks: list[Callback] = []
-    kramers = None
+    kramers = early = None
     if method == "early_stop":
-        callbacks.append(
-            EarlyStopping(monitor="val_acc", mode="max", patience=config.early_stop_patience)
-        )
+        early = EarlyStopping(monitor="val_acc", mode="max", patience=config.early_stop_patience)
+        callbacks.append(early)
     elif method in KRAMERS_ARMS:
         kramers = make_kramers_callback(method)
         callbacks.append(kramers)
-    # Last, so that at each epoch end it sees the Kramers callback's fresh estimate.
-    counter = WorkCounter(kramers)
-    callbacks.append(counter)
+    recorder = Recorder()
+    callbacks.append(recorder)
     trainer = pl.Trainer(
         max_epochs=budget,
         accelerator="cpu",
@@ -320,30 +433,54 @@ def run_one(dataset: str, method: str, seed: int, epochs: int | None, threads: i
         deterministic=False,
     )
     started = time.perf_counter()
-    trainer.fit(model, datamodule=data)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SASA_DEPRECATION)
+        trainer.fit(model, datamodule=data)
     wall = time.perf_counter() - started
-    stop_epoch, stop_reason = _stop_info(kramers)
-    optimizer = trainer.optimizers[0]
+    history = _jsonable(getattr(kramers, "history", []))
+    stop_epoch, stop_reason = _stop_info(kramers, early)
+    estimate_work, source = _estimate_work(kramers, history)
+    training_work = float(TRAINING_PASSES_PER_SAMPLE * recorder.samples)
+    seconds = [
+        v for h in history
+        if (v := _finite(h.get("metrics", {}).get("kramers/estimate_seconds"))) is not None
+    ]
     return RunResult(
         dataset=dataset,
         method=method,
         seed=seed,
+        epochs_scale=scale,
         epochs_budget=budget,
-        epochs_run=len(counter.val_acc),
-        best_val_acc=100 * max(counter.val_acc),
-        final_val_acc=100 * counter.val_acc[-1],
+        epochs_run=len(recorder.val_acc),
+        best_val_acc=100 * max(recorder.val_acc),
+        final_val_acc=100 * recorder.val_acc[-1],
         optimizer_steps=int(trainer.global_step),
-        samples=counter.samples,
+        samples=recorder.samples,
+        training_work=training_work,
+        estimate_work=estimate_work,
+        estimate_work_source=source,
+        total_work=training_work + estimate_work,
         wall_s=wall,
-        lr_final=float(optimizer.param_groups[0]["lr"]),
+        estimate_s=math.fsum(seconds),
+        lr_final=float(trainer.optimizers[0].param_groups[0]["lr"]),
         batch_size_final=getattr(data, "batch_size", None),
         stop_epoch=stop_epoch,
         stop_reason=stop_reason,
-        kramers_final=_kramers_metrics(trainer) if kramers is not None else {},
-        kramers_history=_jsonable(counter.kramers_history),
-        batch_sizes=counter.batch_sizes,
-        val_acc_history=[100 * a for a in counter.val_acc],
-        decisions=_jsonable(getattr(kramers, "history", [])),
+        changes=_changes(history),
+        train_loss=recorder.train_loss,
+        val_acc_history=[100 * a for a in recorder.val_acc],
+        lr_history=recorder.lrs,
+        batch_sizes=recorder.batch_sizes,
+        kramers_epochs=[
+            {
+                "epoch": h.get("epoch"),
+                "phase": h.get("phase"),
+                "cooling_gain": h.get("metrics", {}).get("kramers/cooling_gain"),
+                "noise_floor": h.get("metrics", {}).get("kramers/noise_floor"),
+            }
+            for h in history
+        ],
+        history=history,
     )
 
 
@@ -362,150 +499,279 @@ def _jsonable(value: Any) -> Any:
 
 
 # -- summary -------------------------------------------------------------------------------------
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, std
+Runs = list[dict[str, Any]]
+
+
+def _scale(run: dict[str, Any]) -> float:
+    return float(run.get("epochs_scale", 1.0))
+
+
+def _total(run: dict[str, Any]) -> float:
+    """Total counted compute; older records (samples only) count 3 passes per sample."""
+    if "total_work" in run:
+        return float(run["total_work"])
+    return float(TRAINING_PASSES_PER_SAMPLE * run["samples"])
+
+
+def _mean(runs: Runs, key: str | Callable[[dict[str, Any]], float]) -> float:
+    values = [key(r) if callable(key) else float(r[key]) for r in runs]
+    return statistics.fmean(values)
 
 
 def _fmt(values: Sequence[float], digits: int) -> str:
-    mean, std = _mean_std(values)
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "n/a"
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def summarise(runs: list[dict[str, Any]]) -> str:
-    """Markdown: one table per data set (means ± std over seeds) and the target check."""
-    lines: list[str] = []
+def _cooled(change: list[Any]) -> bool:
+    """Whether a change lowered the temperature ``T ∝ η/B`` (the momentum factor cancels)."""
+    _, lr_before, lr, batch_before, batch = change[:5]
+    try:
+        return lr / batch < lr_before / batch_before
+    except (TypeError, ZeroDivisionError):
+        return False
+
+
+def _quartiles(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return f"{q2:.3g} [{q1:.3g}, {q3:.3g}]"
+
+
+def summarise(runs: Runs, notes: Sequence[str] = ()) -> str:
+    """Markdown: per data set and epoch scale the outcome table, the target check, when the
+    Kramers arms cooled and why, and the noise-floor ratio; then the budget robustness."""
+    lines: list[str] = [f"- {note}" for note in notes]
+    if lines:
+        lines.append("")
     for dataset in DATASETS:
-        rows = [r for r in runs if r["dataset"] == dataset]
-        if not rows:
-            continue
-        config = DATASETS[dataset]
-        budget = rows[0]["epochs_budget"]
-        lines += [
-            f"### {dataset} (budget {budget} epochs, SGD η₀ = {config.lr}, "
-            f"momentum {config.momentum}, B₀ = {config.batch_size})",
-            "",
-            "| method | seeds | best val acc (%) | final val acc (%) | epochs | optimizer steps "
-            "| samples | wall (s) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        by_method: dict[str, list[dict[str, Any]]] = {}
-        for method in METHODS:
-            group = [r for r in rows if r["method"] == method]
-            if not group:
-                continue
-            by_method[method] = group
-            lines.append(
-                f"| {method} | {len(group)} "
-                f"| {_fmt([r['best_val_acc'] for r in group], 2)} "
-                f"| {_fmt([r['final_val_acc'] for r in group], 2)} "
-                f"| {_fmt([r['epochs_run'] for r in group], 1)} "
-                f"| {_fmt([r['optimizer_steps'] for r in group], 0)} "
-                f"| {_fmt([r['samples'] for r in group], 0)} "
-                f"| {_fmt([r['wall_s'] for r in group], 1)} |"
-            )
-        lines.append("")
-        lines += _target_check(by_method)
-        lines.append("")
+        for scale in sorted({_scale(r) for r in runs if r["dataset"] == dataset}):
+            rows = [r for r in runs if r["dataset"] == dataset and _scale(r) == scale]
+            by_method = {m: [r for r in rows if r["method"] == m] for m in METHODS}
+            by_method = {m: g for m, g in by_method.items() if g}
+            lines += _outcome_table(dataset, scale, by_method)
+            lines += _target_check(by_method)
+            lines += _cooling_table(by_method)
+            lines += _noise_floor_table(by_method)
+        lines += _robustness_table(dataset, [r for r in runs if r["dataset"] == dataset])
     return "\n".join(lines)
 
 
-def _target_check(by_method: dict[str, list[dict[str, Any]]]) -> list[str]:
-    baselines = {m: g for m, g in by_method.items() if m in BASELINES}
+def _outcome_table(dataset: str, scale: float, by_method: dict[str, Runs]) -> list[str]:
+    config = DATASETS[dataset]
+    budgets = sorted({r["epochs_budget"] for g in by_method.values() for r in g})
+    lines = [
+        f"### {dataset}, epoch scale {scale:g} (budget {', '.join(map(str, budgets))} epochs, "
+        f"SGD η₀ = {config.lr}, momentum {config.momentum}, B₀ = {config.batch_size})",
+        "",
+        "| method | seeds | best val acc (%) | final val acc (%) | epochs | optimizer steps "
+        "| samples | training passes | estimate passes | total compute | wall (s) "
+        "| estimates (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, group in by_method.items():
+        lines.append(
+            f"| {method} | {len(group)} "
+            f"| {_fmt([r['best_val_acc'] for r in group], 2)} "
+            f"| {_fmt([r['final_val_acc'] for r in group], 2)} "
+            f"| {_fmt([r['epochs_run'] for r in group], 1)} "
+            f"| {_fmt([r['optimizer_steps'] for r in group], 0)} "
+            f"| {_fmt([r['samples'] for r in group], 0)} "
+            f"| {_fmt([r.get('training_work', math.nan) for r in group], 0)} "
+            f"| {_fmt([r.get('estimate_work', math.nan) for r in group], 0)} "
+            f"| {_fmt([_total(r) for r in group], 0)} "
+            f"| {_fmt([r['wall_s'] for r in group], 1)} "
+            f"| {_fmt([r.get('estimate_s', 0.0) for r in group], 1)} |"
+        )
+    return [*lines, ""]
+
+
+def _target_check(by_method: dict[str, Runs]) -> list[str]:
+    baselines = {m: g for m, g in by_method.items() if m not in KRAMERS_ARMS}
     arms = [m for m in KRAMERS_ARMS if m in by_method]
     if not arms or not baselines:
-        return ["Target check: needs a Kramers arm and at least one baseline."]
-    out = []
-    for metric in ("final_val_acc", "best_val_acc"):
-        best_method = max(
-            baselines, key=lambda m: statistics.fmean(r[metric] for r in baselines[m])
-        )
-        best_acc = statistics.fmean(r[metric] for r in baselines[best_method])
-        best_samples = statistics.fmean(r["samples"] for r in baselines[best_method])
-        label = "final" if metric == "final_val_acc" else "best"
-        for arm in arms:
-            acc = statistics.fmean(r[metric] for r in by_method[arm])
-            samples = statistics.fmean(r["samples"] for r in by_method[arm])
-            gap = acc - best_acc
-            fraction = samples / best_samples
-            ok_acc = gap >= -ACCURACY_TOLERANCE
-            ok_samples = fraction <= SAMPLE_FRACTION
-            verdict = "MET" if ok_acc and ok_samples else "MISSED"
-            out.append(
-                f"- `{arm}`, {label} val acc: best baseline `{best_method}` {best_acc:.2f}%; "
-                f"`{arm}` {acc:.2f}% ({gap:+.2f} points, needs ≥ −{ACCURACY_TOLERANCE}: "
-                f"{'ok' if ok_acc else 'missed'}), samples {fraction:.0%} of the baseline's "
-                f"(needs ≤ {SAMPLE_FRACTION:.0%}: {'ok' if ok_samples else 'missed'}) "
-                f"→ **{verdict}**"
-            )
-    for arm in arms:
-        out += _kramers_diagnostics(arm, by_method[arm])
-    return out
-
-
-def _kramers_diagnostics(arm: str, group: list[dict[str, Any]]) -> list[str]:
-    """What the Kramers arm measured and did: the evidence for why a target was met or missed."""
-    estimates = barrier_estimates = changed = decisions = 0
-    statuses: dict[str, int] = {}
-    temperatures, lambda_max, expected, reach, overhead = [], [], [], [], []
-    for run in group:
-        for entry in run.get("kramers_history", []):
-            pathways = entry.get("pathways")
-            if pathways is None:
-                continue
-            estimates += 1
-            # The scan's reach: a barrier higher than κ·T_v (κ = 20) is "not within reach".
-            hottest = max((p["temperature"] for p in pathways), default=math.nan)
-            if math.isfinite(hottest):
-                reach.append(20 * hottest)
-            barrier_estimates += any(p.get("rate") is not None for p in pathways)
-            for p in pathways:
-                # "top…" pathways follow the top eigenvectors, "min…" the λ_min eigenvector.
-                key = f"{'min' if p['name'].startswith('min') else 'top-k'} {p['status']}"
-                statuses[key] = statuses.get(key, 0) + 1
-        for record in run.get("decisions", []):
-            decisions += 1
-            changed += record.get("lr") != record.get("lr_before") or record.get(
-                "batch_size"
-            ) != record.get("batch_before")
-        final = run.get("kramers_final", {})
-        for name, into in (
-            ("kramers/temperature", temperatures),
-            ("kramers/lambda_max", lambda_max),
-            ("kramers/expected_escapes", expected),
-            ("kramers/overhead", overhead),
-        ):
-            value = final.get(name)
-            if value is not None and math.isfinite(value):
-                into.append(value)
-    reasons: dict[str, int] = {}
-    for run in group:
-        reason = (run.get("stop_reason") or "none").split(":")[0]
-        reasons[reason] = reasons.get(reason, 0) + 1
-
-    def median(values: list[float]) -> str:
-        return f"{statistics.median(values):.3g}" if values else "n/a"
-
-    status_text = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "none"
-    reason_text = ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items()))
-    return [
-        f"- `{arm}` diagnostics: {estimates} estimates over {len(group)} runs, "
-        f"{barrier_estimates} with a Kramers rate on at least one pathway (a barrier along a "
-        f"direction of positive curvature; pathway statuses by direction: "
-        f"{status_text}); {changed} of {decisions} epoch-end decisions changed η or B; "
-        f"stop reasons: {reason_text}; at the end (medians over runs): T = "
-        f"{median(temperatures)}, λ_max = {median(lambda_max)}, expected escapes in the "
-        f"remaining budget = {median(expected)}, counted estimation work / training work = "
-        f"{median(overhead)}; the scans' reach 20·max T_v (median over estimates) = "
-        f"{median(reach)} in loss units."
+        return ["Target check: needs a Kramers arm and at least one baseline.", ""]
+    best = max(baselines, key=lambda m: _mean(baselines[m], "final_val_acc"))
+    best_acc = _mean(baselines[best], "final_val_acc")
+    best_total = _mean(baselines[best], _total)
+    best_wall = _mean(baselines[best], "wall_s")
+    out = [
+        f"Target check (final val acc within {ACCURACY_TOLERANCE} points of the best baseline, "
+        f"total compute ≤ {COMPUTE_FRACTION:.0%} of its): best baseline `{best}`, "
+        f"{best_acc:.2f}%, total compute {best_total:.0f} sample-passes.",
+        "",
     ]
+    for arm in arms:
+        acc = _mean(by_method[arm], "final_val_acc")
+        fraction = _mean(by_method[arm], _total) / best_total
+        wall = _mean(by_method[arm], "wall_s") / best_wall
+        ok_acc = acc - best_acc >= -ACCURACY_TOLERANCE
+        ok_compute = fraction <= COMPUTE_FRACTION
+        out.append(
+            f"- `{arm}`: {acc:.2f}% ({acc - best_acc:+.2f} points: "
+            f"{'ok' if ok_acc else 'missed'}), total compute {fraction:.0%} of the baseline's "
+            f"({'ok' if ok_compute else 'missed'}; wall time {wall:.0%}) → "
+            f"**{'MET' if ok_acc and ok_compute else 'MISSED'}**"
+        )
+    return [*out, ""]
 
 
-def load_runs(path: Path) -> list[dict[str, Any]]:
+def _head(reason: Any) -> str:
+    """A reason's kind: its text before the first ':' or '(' (the numbers follow)."""
+    text = str(reason or "none")
+    for mark in (":", "("):
+        text = text.split(mark)[0]
+    return text.strip() or "none"
+
+
+def _counted(items: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return "; ".join(f"{k} ×{v}" for k, v in sorted(counts.items())) or "none"
+
+
+def _why(change: list[Any]) -> str:
+    """A cooling's reason without its numbers (they follow in parentheses), led by its phase."""
+    reason = str(change[5] or "none").split("(")[0].strip()
+    phase = str(change[6]) if len(change) > 6 else ""
+    return reason if reason.startswith(phase) else f"{phase}: {reason}"
+
+
+def _cooling_table(by_method: dict[str, Runs]) -> list[str]:
+    arms = [m for m in KRAMERS_ARMS if m in by_method]
+    if not arms:
+        return []
+    lines = [
+        "When it cooled and why (a cooling lowers η/B; a change of η or B at epoch e acts from "
+        "e + 1):",
+        "",
+        "| arm | runs that cooled | median first cooling epoch (from 0) | coolings per run "
+        "| other changes of η or B | why it cooled | stop reasons |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm in arms:
+        group = by_method[arm]
+        first, counts, why = [], [], []
+        others = 0
+        for run in group:
+            changes = run.get("changes", [])
+            cooled = [c for c in changes if _cooled(c)]
+            others += len(changes) - len(cooled)
+            counts.append(len(cooled))
+            if cooled:
+                first.append(cooled[0][0])
+            why += [_why(c) for c in cooled]
+        stops = [_head(r.get("stop_reason") or "budget exhausted") for r in group]
+        lines.append(
+            f"| {arm} | {len(first)} of {len(group)} "
+            f"| {statistics.median(first) if first else 'n/a'} | {_fmt(counts, 1)} | {others} "
+            f"| {_counted(why)} | {_counted(stops)} |"
+        )
+    return [*lines, ""]
+
+
+def _noise_floor_events(run: dict[str, Any]) -> tuple[list[tuple[float, float]], int]:
+    """``(measured, predicted)`` drops of the training loss at each cooling of ``run``, and the
+    number of coolings without both (no epoch after it, or no finite positive prediction)."""
+    by_epoch = {e.get("epoch"): e for e in run.get("kramers_epochs", [])}
+    losses = run.get("train_loss", [])
+    events, skipped = [], 0
+    for change in run.get("changes", []):
+        if not _cooled(change):
+            continue
+        epoch = change[0]
+        predicted = _finite(by_epoch.get(epoch, {}).get("cooling_gain"))
+        if (
+            not isinstance(epoch, int) or epoch + 1 >= len(losses) or predicted is None
+            or predicted <= 0 or not math.isfinite(losses[epoch] - losses[epoch + 1])
+        ):
+            skipped += 1
+            continue
+        events.append((losses[epoch] - losses[epoch + 1], predicted))
+    return events, skipped
+
+
+def _noise_floor_table(by_method: dict[str, Runs]) -> list[str]:
+    arms = [m for m in KRAMERS_ARMS if m in by_method]
+    if not arms:
+        return []
+    lines = [
+        "Noise-floor ratio: measured drop (mean training loss of the epoch of the decision "
+        "minus that of the next) over predicted drop (`kramers/cooling_gain` at the decision); "
+        "median [interquartile range]:",
+        "",
+        "| arm | events | not measurable | measured / predicted | measured drop | "
+        "predicted drop |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm in arms:
+        events: list[tuple[float, float]] = []
+        skipped = 0
+        for run in by_method[arm]:
+            found, missed = _noise_floor_events(run)
+            events += found
+            skipped += missed
+        lines.append(
+            f"| {arm} | {len(events)} | {skipped} "
+            f"| {_quartiles([m / p for m, p in events])} "
+            f"| {_quartiles([m for m, _ in events])} | {_quartiles([p for _, p in events])} |"
+        )
+    return [*lines, ""]
+
+
+def _robustness_table(dataset: str, rows: Runs) -> list[str]:
+    """Per arm and every epoch scale ``s ≠ 1``: compute ratio and accuracy difference against
+    scale 1 over the seeds run at both."""
+    scales = sorted({_scale(r) for r in rows} - {1.0})
+    lines: list[str] = []
+    for scale in scales:
+        table = []
+        for method in METHODS:
+            base = {r["seed"]: r for r in rows if r["method"] == method and _scale(r) == 1.0}
+            other = {r["seed"]: r for r in rows if r["method"] == method and _scale(r) == scale}
+            seeds = sorted(base.keys() & other.keys())
+            if not seeds:
+                continue
+            longer, shorter = [other[s] for s in seeds], [base[s] for s in seeds]
+            ratio = _mean(longer, _total) / _mean(shorter, _total)
+            diff = _mean(longer, "final_val_acc") - _mean(shorter, "final_val_acc")
+            verdict = "—"
+            if method in KRAMERS_ARMS:
+                ok = abs(ratio - 1) <= ROBUST_COMPUTE and diff >= -ACCURACY_TOLERANCE
+                verdict = "MET" if ok else "MISSED"
+            table.append(f"| {method} | {len(seeds)} | {ratio:.2f} | {diff:+.2f} | {verdict} |")
+        if table:
+            lines += [
+                f"### {dataset}: budget robustness, epoch scale {scale:g} vs 1",
+                "",
+                f"Target for a Kramers arm: compute within {ROBUST_COMPUTE:.0%}, final accuracy "
+                f"no more than {ACCURACY_TOLERANCE} points lower.",
+                "",
+                "| method | seeds | total compute ratio | final val acc difference (points) "
+                "| target |",
+                "|---|---|---|---|---|",
+                *table,
+                "",
+            ]
+    return lines
+
+
+def load_runs(path: Path) -> Runs:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _run_key(run: dict[str, Any]) -> tuple[str, str, int, float, int]:
+    return run["dataset"], run["method"], run["seed"], _scale(run), run["epochs_budget"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -513,7 +779,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument(
-        "--epochs", type=int, default=None, help="epoch budget (default: per data set)"
+        "--epochs", type=int, default=None, help="epoch budget before scaling (default: per set)"
+    )
+    parser.add_argument(
+        "--epochs-scale", type=float, default=1.0, help="multiplies each data set's epoch budget"
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/output/outcome"))
@@ -522,6 +791,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--summary-only", action="store_true", help="only rewrite the summary from runs.jsonl"
     )
     args = parser.parse_args(argv)
+    if not (args.epochs_scale > 0 and math.isfinite(args.epochs_scale)):
+        parser.error(f"--epochs-scale must be a positive number, got {args.epochs_scale}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     runs_path = args.out / "runs.jsonl"
@@ -529,33 +800,49 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+
+    notes: list[str] = []
+    methods = list(args.methods)
+    if "sasa" in methods:
+        why = sasa_unavailable()
+        if why is not None:
+            methods.remove("sasa")
+            notes.append(f"`sasa` skipped: statopt's SASA+ does not run here ({why}).")
+            print(notes[-1], flush=True)
 
     runs = load_runs(runs_path)
     if not args.summary_only:
-        done = {(r["dataset"], r["method"], r["seed"], r["epochs_budget"]) for r in runs}
+        done = {_run_key(r) for r in runs}
         # Seed-major order: an interrupted benchmark still has every method on the first seeds.
         for dataset in args.datasets:
-            budget = args.epochs or DATASETS[dataset].epochs
+            budget = epoch_budget(dataset, args.epochs, args.epochs_scale)
             for seed in args.seeds:
-                for method in args.methods:
-                    if (dataset, method, seed, budget) in done:
+                for method in methods:
+                    key = (dataset, method, seed, args.epochs_scale, budget)
+                    if key in done:
                         continue
                     with contextlib.redirect_stdout(io.StringIO()):
-                        result = run_one(dataset, method, seed, args.epochs, args.threads)
+                        result = run_one(
+                            dataset, method, seed, budget=budget, scale=args.epochs_scale,
+                            threads=args.threads,
+                        )
                     record = asdict(result)
                     runs.append(record)
                     with runs_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                     print(
-                        f"{dataset:8s} {method:10s} seed {seed}: best {result.best_val_acc:.2f}% "
-                        f"final {result.final_val_acc:.2f}% epochs {result.epochs_run} "
-                        f"steps {result.optimizer_steps} samples {result.samples} "
-                        f"{result.wall_s:.1f} s"
+                        f"{dataset:8s} {method:14s} seed {seed} ×{args.epochs_scale:g}: "
+                        f"best {result.best_val_acc:.2f}% final {result.final_val_acc:.2f}% "
+                        f"epochs {result.epochs_run} steps {result.optimizer_steps} "
+                        f"compute {result.total_work:.0f} ({result.estimate_work:.0f} estimates) "
+                        f"{result.wall_s:.1f} s ({result.estimate_s:.1f} s estimates) "
+                        f"changes {len(result.changes)}"
                         + (f" stop: {result.stop_reason}" if result.stop_reason else ""),
                         flush=True,
                     )
-                    summary_path.write_text(summarise(runs) + "\n")
-    text = summarise(runs)
+                    summary_path.write_text(summarise(runs, notes) + "\n")
+    text = summarise(runs, notes)
     summary_path.write_text(text + "\n")
     print(text)
 

@@ -1,8 +1,10 @@
-"""Overhead budget: when to estimate, and how large an estimate to make, from counted work.
+"""Overhead budget: when to estimate, and how large an estimate to make, in measured time.
 
-Pure logic (issue item 5): no clock is read. Both training and estimation are counted in the
-same unit, **sample-passes** (one forward pass of one sample), so two runs from the same seed
-space their estimates identically, whatever the machine's load.
+Pure logic: no clock is read here; the callback measures the seconds (training time between
+the estimates' boundaries, where it synchronises the device, and each estimate's own time)
+and hands them in. Counted work in **sample-passes** (one forward pass of one sample) is kept
+as the predictor of what an estimate of a given size will cost before it has been timed, and
+as a machine-independent figure to log.
 
 Accounting model (standard FLOP bookkeeping: a backward pass costs about two forward passes,
 Kaplan et al. 2020, "Scaling laws", ``C ≈ 6N`` per token for training vs ``2N`` for a forward):
@@ -30,9 +32,15 @@ HVP_PASSES = 6.0
 GRADIENT_PASSES = 4.0
 """Sample-passes per probe sample for the two backward passes every estimate makes."""
 MIN_PROBE = 32
-MIN_PRODUCTS = 30
-MIN_SCAN_EVALS = 20
+MIN_PRODUCTS = 10
+MIN_SCAN_EVALS = 10
 MIN_TRACE_SAMPLES = 10
+SPACING = 3
+"""Estimates come at least every ``SPACING`` epochs: an estimate may cost up to this many
+epochs' share of the budget, and no more."""
+FIRST_BY_EPOCH = 2
+"""The first estimate comes by the end of this epoch (1-based), paid from the budget of the
+whole horizon if the credit so far is short."""
 
 
 @dataclass(frozen=True)
@@ -132,26 +140,32 @@ class Plan:
     run: bool
     size: EstimateSize
     level: int
-    predicted_work: float
+    predicted_seconds: float
     credit: float
     reason: str
 
 
 class OverheadBudget:
-    r"""Spaces and sizes estimates so that their counted work stays within a fraction of training.
+    r"""Spaces and sizes estimates so that their measured time stays within a fraction of training.
 
     .. math::
 
-        \text{credit} = \beta \sum W_{\text{train}} - \sum W_{\text{estimate}},
-        \qquad \text{run} \iff \text{credit} \ge \hat W(\text{size})
+        \text{credit} = \beta \sum t_{\text{train}} - \sum t_{\text{estimate}},
+        \qquad \text{run} \iff \text{credit} \ge \hat t(\text{size})
 
-    with ``β`` the ``overhead_budget``. At each candidate point (an epoch end) the size is the
-    largest on the :meth:`EstimateSize.ladder` whose predicted work fits one epoch's share
-    ``β·W_epoch``, else the smallest; the estimate runs when the credit covers it, and is
-    deferred (with the reason) otherwise. The prediction is the size's :meth:`bound` times the
-    ratio actual/bound of the previous estimate (warm starts make estimates much cheaper than
-    their bound; the first prediction is the bound itself). Everything is counted, nothing is
-    timed, so the schedule is deterministic. ``β = inf`` estimates at full size every time.
+    with ``β`` the ``overhead_budget``. The size is the largest on the
+    :meth:`EstimateSize.ladder` whose predicted time fits :data:`SPACING` epochs' share
+    ``β·SPACING·t_epoch``, else the smallest, so estimates come at least every ``SPACING``
+    epochs where the smallest fits. The prediction is the counted work of the size (its
+    :meth:`~EstimateSize.bound` times the actual/bound ratio of the previous estimate: warm
+    starts make estimates cheaper than their bound) times the measured seconds per counted
+    sample-pass of the estimates so far (before the first: of training). The first estimate
+    comes by the end of epoch :data:`FIRST_BY_EPOCH`: if the credit is short then, it borrows
+    from the budget of the whole horizon, ``β·t_epoch·(epochs done + epochs left)``, and later
+    estimates wait until the credit is repaid. ``β = inf`` estimates at full size every time.
+
+    Because it runs on measured time, two runs on differently loaded machines may space their
+    estimates differently; under DDP the callback plans on rank 0's times (broadcast).
 
     Args:
         overhead_budget: ``β > 0`` (``inf`` allowed).
@@ -163,11 +177,12 @@ class OverheadBudget:
     def __init__(self, overhead_budget: float, full_size: EstimateSize) -> None:
         self.overhead_budget = check_budget("overhead_budget", overhead_budget)
         self.sizes = full_size.ladder()
-        self.credit = 0.0
         self.efficiency = 1.0
         """Actual/bound work of the previous estimate."""
         self.training_work = 0.0
         self.estimate_work = 0.0
+        self.training_seconds = 0.0
+        self.estimate_seconds = 0.0
         self.num_estimates = 0
         self.num_deferred = 0
 
@@ -176,47 +191,81 @@ class OverheadBudget:
         return math.isinf(self.overhead_budget)
 
     def add_training(self, samples: int) -> None:
-        """Count ``samples`` trained on (call once per optimizer step or batch)."""
-        work = training_work(samples)
-        self.training_work += work
-        self.credit += self.overhead_budget * work if not self.unlimited else 0.0
+        """Count ``samples`` trained on (call once per batch)."""
+        self.training_work += training_work(samples)
+
+    def add_training_seconds(self, seconds: float) -> None:
+        """Add measured training time (seconds outside estimates and validation)."""
+        self.training_seconds += check_non_negative("seconds", seconds)
+
+    @property
+    def credit(self) -> float:
+        """``β·Σt_train − Σt_estimate`` in seconds (``inf`` without a limit)."""
+        if self.unlimited:
+            return math.inf
+        return self.overhead_budget * self.training_seconds - self.estimate_seconds
 
     def predicted(self, size: EstimateSize) -> float:
+        """Predicted counted work of an estimate of ``size``."""
         return size.bound() * self.efficiency
 
-    def plan(self, *, epoch_samples: int) -> Plan:
-        """Decide at a candidate point, for an epoch of ``epoch_samples`` training samples."""
-        check_positive_int("epoch_samples", epoch_samples)
+    def seconds_per_work(self) -> float:
+        """Measured seconds per counted sample-pass: of the estimates so far, else of
+        training (``nan`` before either was measured)."""
+        if self.estimate_work > 0 and self.estimate_seconds > 0:
+            return self.estimate_seconds / self.estimate_work
+        if self.training_work > 0 and self.training_seconds > 0:
+            return self.training_seconds / self.training_work
+        return math.nan
+
+    def predicted_seconds(self, size: EstimateSize) -> float:
+        return self.predicted(size) * self.seconds_per_work()
+
+    def plan(self, *, epochs_done: int, epochs_left: float = math.inf) -> Plan:
+        """Decide at an epoch end, after ``epochs_done ≥ 1`` epochs of training, with
+        ``epochs_left`` more in the budget (``inf`` when unknown)."""
+        check_positive_int("epochs_done", epochs_done)
         if self.unlimited:
             size = self.sizes[0]
-            return Plan(True, size, 0, self.predicted(size), math.inf, "unlimited budget")
-        share = self.overhead_budget * training_work(epoch_samples)
+            return Plan(True, size, 0, self.predicted_seconds(size), math.inf, "unlimited budget")
+        rate = self.seconds_per_work()
+        if not (self.training_seconds > 0 and math.isfinite(rate)):
+            size = self.sizes[-1]
+            reason = "no training time measured yet"
+            return Plan(False, size, len(self.sizes) - 1, math.nan, self.credit, reason)
+        epoch_seconds = self.training_seconds / epochs_done
+        share = self.overhead_budget * epoch_seconds * SPACING
         level = next(
-            (i for i, s in enumerate(self.sizes) if self.predicted(s) <= share),
+            (i for i, s in enumerate(self.sizes) if self.predicted_seconds(s) <= share),
             len(self.sizes) - 1,
         )
         size = self.sizes[level]
-        predicted = self.predicted(size)
-        if self.credit >= predicted:
-            return Plan(True, size, level, predicted, self.credit, "within budget")
-        missing = predicted - self.credit
-        epochs = missing / share if share > 0 else math.inf
+        predicted = self.predicted_seconds(size)
+        credit = self.credit
+        if credit >= predicted:
+            return Plan(True, size, level, predicted, credit, "within budget")
+        if self.num_estimates == 0 and epochs_done >= FIRST_BY_EPOCH:
+            horizon = self.overhead_budget * epoch_seconds * (epochs_done + epochs_left)
+            if horizon - self.estimate_seconds >= predicted:
+                reason = "first estimate, paid from the budget of the whole horizon"
+                return Plan(True, size, level, predicted, credit, reason)
+        epochs = (predicted - credit) / (self.overhead_budget * epoch_seconds)
         reason = (
-            f"its predicted work, {predicted:.3g} sample-passes (size level {level}: probe "
+            f"its predicted time, {predicted:.3g} s (size level {level}: probe "
             f"{size.probe_size}, top_k {size.top_k}), exceeds the overhead credit "
-            f"{self.credit:.3g} (overhead_budget={self.overhead_budget:g} of the training work "
+            f"{credit:.3g} s (overhead_budget={self.overhead_budget:g} of the training time "
             f"so far, minus earlier estimates); about {math.ceil(epochs)} more epoch(s) of "
             "training will pay for it"
         )
-        return Plan(False, size, level, predicted, self.credit, reason)
+        return Plan(False, size, level, predicted, credit, reason)
 
-    def record(self, plan: Plan, actual_work: float) -> None:
-        """Account an estimate made under ``plan`` that used ``actual_work`` sample-passes."""
+    def record(self, plan: Plan, actual_work: float, seconds: float) -> None:
+        """Account an estimate made under ``plan`` that used ``actual_work`` sample-passes and
+        ``seconds`` of measured time."""
         actual_work = check_non_negative("actual_work", actual_work)
         self.num_estimates += 1
         self.estimate_work += actual_work
-        if not self.unlimited:
-            self.credit -= actual_work
+        self.estimate_seconds += check_non_negative("seconds", seconds)
         bound = plan.size.bound()
         if bound > 0:
             self.efficiency = min(1.0, max(actual_work / bound, 1e-3))
@@ -226,23 +275,32 @@ class OverheadBudget:
 
     @property
     def overhead(self) -> float:
+        """Measured estimate time as a fraction of measured training time so far."""
+        if self.training_seconds > 0:
+            return self.estimate_seconds / self.training_seconds
+        return math.nan
+
+    @property
+    def counted_overhead(self) -> float:
         """Counted estimate work as a fraction of counted training work so far."""
         return self.estimate_work / self.training_work if self.training_work > 0 else math.nan
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "credit": self.credit,
             "efficiency": self.efficiency,
             "training_work": self.training_work,
             "estimate_work": self.estimate_work,
+            "training_seconds": self.training_seconds,
+            "estimate_seconds": self.estimate_seconds,
             "num_estimates": self.num_estimates,
             "num_deferred": self.num_deferred,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.credit = float(state.get("credit", 0.0))
         self.efficiency = float(state.get("efficiency", 1.0))
         self.training_work = float(state.get("training_work", 0.0))
         self.estimate_work = float(state.get("estimate_work", 0.0))
+        self.training_seconds = float(state.get("training_seconds", 0.0))
+        self.estimate_seconds = float(state.get("estimate_seconds", 0.0))
         self.num_estimates = int(state.get("num_estimates", 0))
         self.num_deferred = int(state.get("num_deferred", 0))

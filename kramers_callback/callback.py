@@ -14,6 +14,7 @@ Lightning hooks and state only. Each epoch end builds an
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -82,6 +83,12 @@ from kramers_callback.step_loss import LossPath, resolve_loss, training_step_war
 from kramers_callback.stopping import StopReason, TerminationRule
 
 __all__ = ["METRICS", "KramersCallback"]
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock reading is the device's time."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 _ESTIMATE_OPTIONS = (
     "noise",
@@ -358,6 +365,9 @@ class KramersCallback(Callback):
         self._blocks = LossBlocks()
         self._dwell = Dwell()
         self._first_dwell = True
+        self._epoch_started: float | None = None
+        self._validation_started: float | None = None
+        self._validation_seconds = 0.0
 
     @property
     def stop_reason(self) -> StopReason:
@@ -605,9 +615,26 @@ class KramersCallback(Callback):
             per_epoch = min(per_epoch, int(batches) * layout.loader_batch * layout.world_size)
         self._samples_per_epoch = max(per_epoch, 1)
         self._blocks.start_epoch(batches, pl_module.device)
+        self._epoch_started = time.perf_counter()
+        self._validation_seconds = 0.0
         self._epoch_samples = 0
         self._step_samples = 0
         self._epoch_steps = 0
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Validation inside an epoch is not training time: keep it out of the budget's base.
+        started = self._validation_started
+        if started is not None and not trainer.sanity_checking:
+            self._validation_seconds += time.perf_counter() - started
+
+    def _epochs_left(self, trainer: pl.Trainer) -> float:
+        max_epochs = trainer.max_epochs
+        if max_epochs is None or max_epochs < 0:
+            return math.inf
+        return float(max(max_epochs - trainer.current_epoch - 1, 0))
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -666,15 +693,24 @@ class KramersCallback(Callback):
             self._layout = replace(self._layout, accumulation=int(trainer.accumulate_grad_batches))
         epoch = trainer.current_epoch
         optimizer = trainer.optimizers[0]
-        plan = self.budget.plan(epoch_samples=max(self._epoch_samples, 1))
+        # The estimate's boundary: synchronise once, so the epoch's time is the device's.
+        _synchronize(pl_module.device)
+        now = time.perf_counter()
+        started = self._epoch_started
+        seconds = 0.0 if started is None else max(now - started - self._validation_seconds, 0.0)
+        # Every rank plans (and accounts its budget) on rank 0's numbers: identical decisions
+        # and schedules by construction.
+        self.budget.add_training_seconds(trainer.strategy.broadcast(seconds, src=0))
+        plan = self.budget.plan(epochs_done=epoch + 1, epochs_left=self._epochs_left(trainer))
         fresh: EstimateSummary | None = None
-        if plan.run:
+        if trainer.strategy.broadcast(plan.run, src=0):
             fresh = self._estimate(pl_module, optimizer, plan.size)
-        # Every rank decides (and accounts its budget) from rank 0's numbers: identical
-        # decisions and schedules by construction.
+            _synchronize(pl_module.device)
+            fresh = replace(fresh, seconds=time.perf_counter() - now)
         fresh = trainer.strategy.broadcast(fresh, src=0)
         if fresh is not None:
-            self.budget.record(plan, fresh.work)
+            spent = fresh.seconds if math.isfinite(fresh.seconds) else 0.0
+            self.budget.record(plan, fresh.work, spent)
         else:
             self.budget.defer()
             if self.verbose:
@@ -728,6 +764,9 @@ class KramersCallback(Callback):
                     compute_trace=size.compute_trace,
                     max_trace_samples=size.max_trace_samples,
                     max_scan_evals=size.max_scan_evals,
+                    # A descending walker has no barrier question: scan once the phase asks.
+                    scan_barriers=bool(self.history)
+                    and self.history[-1].get("phase", "descending") != "descending",
                     warm_start=self._warm,  # type: ignore[arg-type]
                     preconditioner=preconditioner,
                     seed=self.probe_seed + self._num_estimates,

@@ -189,6 +189,7 @@ _OPTION_RULES: dict[str, Callable[[str, Any], Any]] = {
     "max_scan_evals": lambda n, v: check_positive_int(n, v, minimum=3),
     "dtype": _optional(_check_dtype),
     "centre_probe": check_bool,
+    "scan_barriers": check_bool,
 }
 ESTIMATE_OPTIONS = tuple(_OPTION_RULES)
 """The keywords of :func:`estimate` after ``model, loss_fn, batches``."""
@@ -286,7 +287,10 @@ def _scan_pathway(
     kappa: float,
     max_evals: int,
     slope: float = 0.0,
+    scan: bool = True,
 ) -> Pathway:
+    if not scan:
+        return Pathway(name, curvature, temperature, PathwayStatus.NOT_SCANNED)
     if not temperature > 0:
         # Without noise along v no barrier is ever crossed: nothing to scan for.
         return Pathway(name, curvature, temperature, PathwayStatus.NO_BARRIER_WITHIN_REACH)
@@ -348,6 +352,7 @@ def estimate(
     max_scan_evals: int = 60,
     dtype: torch.dtype | None = None,
     centre_probe: bool = True,
+    scan_barriers: bool = True,
 ) -> KramersEstimate:
     r"""Measure temperature, curvature, barriers and the Kramers escape rate on a probe set.
 
@@ -420,6 +425,10 @@ def estimate(
             so that the probe's sampling noise does not tilt the barrier (exact when ``x₀`` is a
             stationary point of the full-data loss; see ``docs/theory.md`` section 3.1);
             ``False``: the raw ``φ(s)``.
+        scan_barriers: ``False`` skips the line scans (no forward passes): every pathway is
+            :attr:`~kramers_callback.barriers.line_scan.PathwayStatus.NOT_SCANNED`, unmeasured,
+            and the rate sums no pathway. The callback scans only where its phase asks a
+            barrier question (not while descending).
 
     Raises:
         ValueError: for invalid arguments (:func:`validate_estimate_options`, and
@@ -451,6 +460,7 @@ def estimate(
             "max_scan_evals": max_scan_evals,
             "dtype": dtype,
             "centre_probe": centre_probe,
+            "scan_barriers": scan_barriers,
         }
     )
     noise = noise_estimator_for(noise, loss_fn)
@@ -550,6 +560,7 @@ def estimate(
                 kappa=kappa,
                 max_evals=max_scan_evals,
                 slope=slope,
+                scan=scan_barriers,
             )
             for name, direction, lam, t_v, slope in zip(
                 names, directions, curvatures, temperatures, slopes, strict=True

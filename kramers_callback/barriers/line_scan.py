@@ -38,6 +38,9 @@ class PathwayStatus(str, enum.Enum):
     """The scan used its evaluation budget without bracketing a maximum or passing ``κ·T_v``."""
     NON_FINITE = "non_finite"
     """The loss was NaN (or ``−inf``) at the start or along the scan: nothing can be said."""
+    NOT_SCANNED = "not_scanned"
+    """No scan was asked for (``estimate(scan_barriers=False)``: a descending walker has no
+    barrier question): an unmeasured pathway, not a zero rate."""
 
 
 # Refinement of one bracketed maximum: bounded Brent on −φ, then a Richardson-extrapolated
