@@ -1,7 +1,7 @@
 """The two ways the callback changes the batch size ``B`` (samples per optimizer step).
 
 ``B = b · k · w``: loader batch ``b`` × gradient-accumulation factor ``k`` × data-parallel
-world size ``w`` (SPEC 1).
+world size ``w`` (docs/theory.md section 0).
 
 - :attr:`BatchMechanism.LOADER`: the train data comes from the LightningModule's or its
   DataModule's ``train_dataloader()`` (not from a loader passed to ``Trainer.fit``, which

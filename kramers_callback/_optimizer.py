@@ -2,8 +2,8 @@ r"""What the callback reads from, and writes to, the optimizer (torch plumbing).
 
 Supported: :class:`torch.optim.SGD` (with or without momentum, dampening, Nesterov) exactly,
 and the Adam family (:class:`~torch.optim.Adam`, :class:`~torch.optim.AdamW`,
-:class:`~torch.optim.NAdam`, :class:`~torch.optim.RAdam` and their subclasses) through SPEC 1's
-documented approximation: the diagonal preconditioner
+:class:`~torch.optim.NAdam`, :class:`~torch.optim.RAdam` and their subclasses) through the
+approximation of docs/theory.md section 5: the diagonal preconditioner
 
 .. math::
 
@@ -57,7 +57,7 @@ def momentum_of(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
 
     SGD's buffer ``b ← βb + (1 − τ)g`` with step ``η b`` moves like plain SGD with step
     ``η (1 − τ)/(1 − β)``; Adam's first moment is an average (weights summing to one), so its
-    effective step is ``η`` (SPEC 1).
+    effective step is ``η`` (docs/theory.md sections 0 and 5).
     """
     if not isinstance(optimizer, torch.optim.SGD):
         return 0.0, 1.0

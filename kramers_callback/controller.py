@@ -49,7 +49,7 @@ def decide(
 
     For a constant target this is ``η' = η T*/T`` and
     ``B' = KN/(N − 1 + K)``, ``K = η_eff tr Σ₁/(2dT*)``
-    (:func:`~kramers_callback.kramers.optimal_batch_size`, seed 000 section 6.2). Then the
+    (:func:`~kramers_callback.kramers.optimal_batch_size`, docs/theory.md section 4.4). Then the
     clamps of docs/theory.md section 4.3: each knob moves by at most ``max_change`` per
     decision; ``η`` stays in ``[lr_min, lr_max]`` and strictly below the stability limit
     ``2(1 + β)/λ_max`` (:func:`~kramers_callback.limits.stability_limit`; stability wins over

@@ -90,7 +90,7 @@ class KramersEstimate:
     hessian_trace: float | None
     """Hutchinson estimate of ``tr H``; ``None`` when ``compute_trace=False``."""
     escape_rate: float
-    """All pathways in parallel (seed 7.1): ``Σ_i k_i``."""
+    """All pathways in parallel (docs/theory.md section 1.5): ``Σ_i k_i``."""
     escape_time: float
     """``1 / escape_rate`` steps (``inf`` for a zero rate)."""
     barrier: float | None
@@ -370,7 +370,7 @@ def estimate(
     :math:`\Delta L` and its curvature :math:`\lambda_b`; :math:`\omega_0 = \sqrt{v^\top H v}`,
     :math:`\omega_b = \sqrt{|\lambda_b|}`.
 
-    Source: seed 000 sections 2.2, 3.1, 7.1 as corrected by SPEC sections 2–4 (the rate per step
+    Source: docs/theory.md sections 1.2, 1.5, 2 and 3.1, which correct the seed (the rate per step
     carries :math:`\eta` as a factor; escapes use the directional temperature).
 
     Assumptions: the model is near a well of the probe-set loss; SGD noise is approximated as

@@ -1,4 +1,4 @@
-"""Closed forms of Kramers escape theory for SGD (SPEC sections 3, 4, 5; seed 000).
+"""Closed forms of Kramers escape theory for SGD (docs/theory.md sections 1, 3, 4).
 
 Pure maths: no model, no autograd graph of a network, no random numbers. Every function is
 evaluated in the array library of its inputs:
@@ -10,8 +10,9 @@ evaluated in the array library of its inputs:
   tensors are not checked elementwise);
 - otherwise a :class:`numpy.ndarray` anywhere, a numpy result.
 
-Units (SPEC 1): time is counted in optimizer steps, so every rate is *per step*, and ``lr`` is
-the effective step size ``η_eff = η / (1 − β)``. See ``docs/theory.md`` for the derivations.
+Units (docs/theory.md section 0): time is counted in optimizer steps, so every rate is *per step*,
+and ``lr`` is the effective step size ``η_eff = η / (1 − β)``. See ``docs/theory.md`` for the
+derivations.
 """
 
 from __future__ import annotations
@@ -159,8 +160,8 @@ def attempt_frequency(*, lr: Value, omega_0: Value, omega_b: Value) -> Value:
         A = \frac{\eta\,\omega_0\,\omega_b}{2\pi},
         \qquad \omega_0 = \sqrt{\lambda_0},\ \omega_b = \sqrt{|\lambda_b|}
 
-    Source: the prefactor of the overdamped Kramers rate (seed 000 section 2.2, corrected as in
-    SPEC section 3: ``η`` multiplies, because SGD runs the Langevin time ``s = η t``).
+    Source: the prefactor of the overdamped Kramers rate (Kramers 1940; corrected as in
+    docs/theory.md section 1.2: ``η`` multiplies, because SGD runs the Langevin time ``s = η t``).
 
     Args:
         lr: effective step size ``η_eff > 0``.
@@ -185,16 +186,17 @@ def escape_rate(
 
         k = \frac{\eta\,\omega_0\,\omega_b}{2\pi}\,\exp\!\left(-\frac{\Delta L}{T}\right)
 
-    Source: seed 000 sections 1.2 and 2.2; SPEC section 3. **Departure from the seed**, which
-    writes ``ω₀ω_b/(2πη)``: the overdamped Kramers rate of ``dθ = −∇L ds + √(2T) dW`` is
-    ``ω₀ω_b/(2π)·exp(−ΔL/T)`` per unit of the Langevin time ``s``, and SGD with step ``η``,
-    ``θ ← θ − η∇L + √(2ηT) ξ``, advances ``s`` by ``η`` per step (``s = η t``). So the rate per
-    step carries ``η`` as a factor; the seed's divisor is off by ``η²``. A Langevin simulation
-    of the double well ``x⁴ − 3x²`` confirms the factor (``tests/test_kramers.py``).
+    Source: Kramers (1940), "Brownian motion in a field of force"; docs/theory.md section 1.2.
+    **Departure from the seed**, which writes ``ω₀ω_b/(2πη)``: the overdamped Kramers rate of
+    ``dθ = −∇L ds + √(2T) dW`` is ``ω₀ω_b/(2π)·exp(−ΔL/T)`` per unit of the Langevin time ``s``,
+    and SGD with step ``η``, ``θ ← θ − η∇L + √(2ηT) ξ``, advances ``s`` by ``η`` per step
+    (``s = η t``). So the rate per step carries ``η`` as a factor; the seed's divisor is off by
+    ``η²``. A Langevin simulation of the double well ``x⁴ − 3x²`` confirms the factor
+    (``tests/test_kramers.py``).
 
     Assumptions: overdamped dynamics, a parabolic well and barrier top along the escape
     direction, ``ΔL ≫ T`` (the error is ``O(T/ΔL)``; about 10% at ``ΔL/T ≈ 4``), ``η λ₀ ≪ 1``
-    and ``T`` the temperature along the escape direction (``T_v`` of SPEC 2).
+    and ``T`` the temperature along the escape direction (``T_v`` of docs/theory.md section 2.2).
 
     Args:
         lr: effective step size ``η_eff > 0``.
@@ -233,9 +235,9 @@ def langer_rate(
     so thousands of eigenvalues do not overflow. In one dimension this is :func:`escape_rate`.
 
     Source: Langer (1969), Berglund "Kramers' law: validity, derivations and generalisations"
-    (2013); SPEC section 3 (multi-dimensional variant), seed 000 section 2.2 with ``η`` as a
-    factor. Assumptions: isotropic temperature ``T`` over the resolved subspace, a
-    non-degenerate minimum and an index-1 saddle, ``ΔL ≫ T``.
+    (2013); docs/theory.md section 1.4, with ``η`` as a factor as in section 1.2. Assumptions:
+    isotropic temperature ``T`` over the resolved subspace, a non-degenerate minimum and an index-1
+    saddle, ``ΔL ≫ T``.
 
     Args:
         lr: effective step size ``η_eff > 0``.
@@ -302,7 +304,7 @@ def _rates_of(rates: Iterable[Any]) -> tuple[ModuleType, Any]:
 
 
 def parallel_rate(rates: Iterable[Any]) -> Value:
-    r"""Total rate of independent escape pathways (seed 000 section 7.1).
+    r"""Total rate of independent escape pathways (docs/theory.md section 1.5).
 
     .. math::
 
@@ -318,7 +320,7 @@ def parallel_rate(rates: Iterable[Any]) -> Value:
 
 
 def sequential_rate(rates: Iterable[Any]) -> Value:
-    r"""Effective rate of barriers crossed one after the other (seed 000 section 7.2).
+    r"""Effective rate of barriers crossed one after the other (docs/theory.md section 1.5).
 
     .. math::
 
@@ -347,9 +349,9 @@ def sequential_rate(rates: Iterable[Any]) -> Value:
         return 1.0 / (1.0 / values).sum()
 
 
-# -- escape-time law (seed 6.1) ------------------------------------------------------------------
+# -- escape-time law (docs/theory.md section 1.5) --------------------------------------------------
 def survival_probability(*, rate: Value, steps: Value) -> Value:
-    r"""Probability that no escape has happened after ``t`` steps (seed 000 section 6.1).
+    r"""Probability that no escape has happened after ``t`` steps (docs/theory.md section 1.5).
 
     .. math::
 
@@ -366,7 +368,8 @@ def survival_probability(*, rate: Value, steps: Value) -> Value:
 
 
 def escape_probability(*, rate: Value, steps: Value) -> Value:
-    r"""Probability of at least one escape within the next ``t`` steps (seed 000 section 6.1).
+    r"""Probability of at least one escape within the next ``t`` steps
+    (docs/theory.md section 1.5).
 
     .. math::
 
@@ -382,7 +385,7 @@ def escape_probability(*, rate: Value, steps: Value) -> Value:
 
 
 def mean_escape_time(rate: Value) -> Value:
-    r"""Mean number of steps to the first escape (seed 000 section 6.1).
+    r"""Mean number of steps to the first escape (docs/theory.md section 1.5).
 
     .. math::
 
@@ -398,17 +401,17 @@ def mean_escape_time(rate: Value) -> Value:
         return 1.0 / rate
 
 
-# -- critical temperature and annealing (seed 5) --------------------------------------------------
+# -- critical temperature and annealing (docs/theory.md sections 4.1, 4.2) -------------------------
 def critical_temperature(*, barrier: Value, horizon: Value, attempt_frequency: Value) -> Value:
-    r"""Temperature at which one escape is expected within the horizon (seed 000 section 5.1).
+    r"""Temperature at which one escape is expected within the horizon (docs/theory.md section 4.1).
 
     .. math::
 
         k(T_c)\,\tau = 1 \iff T_c = \frac{\Delta L}{\ln(\tau A)}
 
     The seed writes ``ln(τω₀)``; its ``ω₀`` is read as the attempt frequency per step
-    ``A = η ω₀ ω_b / 2π`` (SPEC 5), the only reading that makes ``k(T_c) τ = 1`` hold.
-    Below ``T_c`` the barrier is effectively never crossed within ``τ`` steps.
+    ``A = η ω₀ ω_b / 2π`` (docs/theory.md section 4.1), the only reading that makes ``k(T_c) τ = 1``
+    hold. Below ``T_c`` the barrier is effectively never crossed within ``τ`` steps.
 
     Args:
         barrier: ``ΔL ≥ 0``.
@@ -446,8 +449,8 @@ def critical_temperature_scale(
 
         \tau \sum_i A_i \exp\!\left(-\frac{\Delta L_i}{m\,T_i}\right) = 1
 
-    All directional temperatures ``T_i`` scale together with ``η/B`` (SPEC 2, 5), so the
-    controller's critical point is ``m·T_i`` on every pathway. The left side increases
+    All directional temperatures ``T_i`` scale together with ``η/B`` (docs/theory.md section 2.2),
+    so the controller's critical point is ``m·T_i`` on every pathway. The left side increases
     monotonically in ``m`` from ``τ Σ_{ΔL_i=0} A_i`` (at ``m → 0``) to ``τ Σ_i A_i`` (at
     ``m → ∞``); the root is bracketed by the single-barrier solutions
     ``c_min / ln(τ'ΣA) ≤ m ≤ c_max / ln(τ'ΣA)`` with ``c_i = ΔL_i / T_i`` and solved by Brent's
@@ -455,7 +458,7 @@ def critical_temperature_scale(
     pathway ``m·T = ΔL / ln(τA)`` = :func:`critical_temperature` (closed form, no solve).
     Returns ``0.0`` when the zero-barrier pathways alone give ``τ Σ A ≥ 1``.
 
-    Source: seed 000 sections 5.1 and 7.1 (pathways add); SPEC section 5.
+    Source: docs/theory.md section 4.1 (pathways add, section 1.5).
 
     Args:
         barriers: ``ΔL_i ≥ 0``.
@@ -542,16 +545,16 @@ def _annealing_factor(step: Any, horizon: Any, attempt_frequency: Any) -> tuple[
 def annealed_temperature(
     *, step: Value, horizon: Value, critical_temperature: Value, attempt_frequency: Value
 ) -> Value:
-    r"""Target temperature of the annealing schedule at step ``t`` (seed 000 section 5.2).
+    r"""Target temperature of the annealing schedule at step ``t`` (docs/theory.md section 4.2).
 
     .. math::
 
         T(t) = T_c\,\frac{1 + \ln(\tau / t)}{\ln(\tau A)}, \qquad 1 \le t \le \tau
 
-    with the seed's ``ω₀`` read as the attempt frequency per step ``A`` (SPEC 5). Past the
-    horizon the value at ``t = τ``, ``T_c / ln(τA)``, is held: the seed's formula would keep
-    falling and turn negative for ``t > e·τ``. The schedule is the seed's, not normalised:
-    ``T(1) = T_c (1 + ln τ) / ln(τA)``, which exceeds ``T_c`` when ``A < e``.
+    with the seed's ``ω₀`` read as the attempt frequency per step ``A`` (docs/theory.md section
+    4.1). Past the horizon the value at ``t = τ``, ``T_c / ln(τA)``, is held: the seed's formula
+    would keep falling and turn negative for ``t > e·τ``. The schedule is the seed's, not
+    normalised: ``T(1) = T_c (1 + ln τ) / ln(τA)``, which exceeds ``T_c`` when ``A < e``.
 
     Args:
         step: ``t ≥ 1`` (1-based optimizer step).
@@ -576,7 +579,7 @@ def annealed_temperature(
 
 
 def annealed_lr(*, step: Value, horizon: Value, base_lr: Value, attempt_frequency: Value) -> Value:
-    r"""Learning rate of the annealing schedule at step ``t`` (seed 000 section 5.2).
+    r"""Learning rate of the annealing schedule at step ``t`` (docs/theory.md section 4.2).
 
     .. math::
 
@@ -612,8 +615,8 @@ def temperature_for_rate(*, rate: Value, attempt_frequency: Value, barrier: Valu
 
         k = A\,e^{-\Delta L / T} \iff T = \frac{\Delta L}{\ln(A / k)}, \qquad 0 < k < A
 
-    Source: inverts :func:`escape_rate` (SPEC 3), as needed by the batch-size rule of seed 000
-    section 6.2 (SPEC 5: "invert the rate for ``T*``").
+    Source: inverts :func:`escape_rate` (docs/theory.md section 1.2), as needed by the optimal batch
+    size of docs/theory.md section 4.4.
 
     Raises:
         ValueError: unless ``0 < rate < attempt_frequency`` (plain numbers; arrays give ``nan``):
@@ -636,7 +639,7 @@ def temperature_for_rate(*, rate: Value, attempt_frequency: Value, barrier: Valu
         return _nan_unless((log_ratio > 0) & (rate > 0), barrier / log_ratio, xp)
 
 
-# -- batch size and stopping (seed 6) -------------------------------------------------------------
+# -- batch size and stopping (docs/theory.md sections 4.4, 4.5) ------------------------------------
 def optimal_batch_size(
     *,
     lr: Value,
@@ -645,7 +648,7 @@ def optimal_batch_size(
     target_temperature: Value,
     dataset_size: int | None = None,
 ) -> Value:
-    r"""Batch size that sets the SGD temperature to a target (seed 000 section 6.2, SPEC 5).
+    r"""Batch size that sets the SGD temperature to a target (docs/theory.md section 4.4).
 
     With replacement ``T = η tr Σ₁ / (2dB)``, so
 
@@ -660,12 +663,12 @@ def optimal_batch_size(
 
         B = \frac{K N}{N - 1 + K} \;\le N.
 
-    The directional form (SPEC 2: ``T_v = η vᵀΣ_B v / 2``) is the same call with
+    The directional form (docs/theory.md section 2.2: ``T_v = η vᵀΣ_B v / 2``) is the same call with
     ``noise_trace = vᵀΣ₁v`` and ``dim = 1``. For a target rate ``k*`` first get ``T*`` from
     :func:`temperature_for_rate`. The seed's literal ``η⟨‖g_B − g‖²⟩ / (2dkΔL)`` is
     dimensionally inconsistent (a rate times a loss in the denominator where a temperature,
     a loss, belongs, and the batch noise ``⟨‖g_B − g‖²⟩`` already depends on ``B``); this is
-    the inversion of seed 3.1 that it stands for.
+    the inversion of the temperature (docs/theory.md section 2.1) that it stands for.
 
     Args:
         lr: effective step size ``η_eff > 0``.
@@ -693,7 +696,7 @@ def optimal_batch_size(
 
 
 def should_stop(*, rate: float, remaining_steps: float, compute_cost: float) -> bool:
-    r"""Termination rule of seed 000 section 6.3 (SPEC 5).
+    r"""Termination rule of docs/theory.md section 4.5.
 
     .. math::
 
@@ -720,7 +723,7 @@ def should_stop(*, rate: float, remaining_steps: float, compute_cost: float) -> 
     return rate * remaining_steps * compute_cost < 1.0
 
 
-# -- profiles along a reaction coordinate (seed 4.2) ---------------------------------------------
+# -- profiles along a reaction coordinate (docs/theory.md section 3.3) ---------------------------
 def _profile(positions: Any, losses: Any, temperature: Any) -> tuple[ModuleType, Any, Any, float]:
     temperature = check_positive("temperature", temperature)
     if isinstance(positions, Tensor) or isinstance(losses, Tensor):
@@ -768,7 +771,8 @@ def committor(
     *,
     temperature: float,
 ) -> Tensor | np.ndarray:
-    r"""Committor of overdamped dynamics along a scanned 1-D loss profile (seed 000 section 4.2).
+    r"""Committor of overdamped dynamics along a scanned 1-D loss profile
+    (docs/theory.md section 3.3).
 
     .. math::
 
@@ -780,9 +784,9 @@ def committor(
     largest at the barrier top, so ``p`` jumps from 0 to 1 across the barrier and ``p = 1/2``
     marks the transition state. Evaluated by the cumulative trapezoid rule in log space.
 
-    This is SPEC 4's correction of the seed, whose ``∫e^{−βL}/Z`` is the cumulative
-    Boltzmann weight (:func:`boltzmann_cumulative`): the equilibrium mass below ``q``, which
-    is dominated by the wells, not an escape probability.
+    This is docs/theory.md section 3.3's correction of the seed, whose ``∫e^{−βL}/Z`` is the
+    cumulative Boltzmann weight (:func:`boltzmann_cumulative`): the equilibrium mass below ``q``,
+    which is dominated by the wells, not an escape probability.
 
     Assumptions: overdamped 1-D dynamics along the coordinate with temperature ``T`` (the
     directional ``T_v``), the transverse directions equilibrated.
@@ -807,7 +811,8 @@ def boltzmann_cumulative(
     *,
     temperature: float,
 ) -> Tensor | np.ndarray:
-    r"""The seed's committor formula: cumulative Boltzmann weight along a profile (seed 4.2).
+    r"""The seed's committor formula: cumulative Boltzmann weight along a profile
+    (docs/theory.md section 3.3).
 
     .. math::
 
@@ -816,13 +821,13 @@ def boltzmann_cumulative(
     The equilibrium probability of finding the walker below ``q``. Its weight is largest in
     the wells, so across a high barrier it stays flat, near the start basin's share of ``Z``:
     it is a population, not the probability of committing to the far basin. Offered as the
-    named alternative to :func:`committor` (SPEC 4). Same arguments, cost and numerics.
+    named alternative to :func:`committor`. Same arguments, cost and numerics.
     """
     xp, q, loss, temperature = _profile(positions, losses, temperature)
     return _normalised_cumulative_trapezoid(q, -loss / temperature, xp)
 
 
-# -- transition-path action (seed 8.2) ------------------------------------------------------------
+# -- transition-path action (docs/theory.md section 3.4) ------------------------------------
 def path_action(
     trajectory: Tensor | np.ndarray | Sequence[Sequence[float]],
     gradients: Tensor | np.ndarray | Sequence[Sequence[float]],
@@ -831,7 +836,7 @@ def path_action(
     temperature: float,
     dt: float = 1.0,
 ) -> Value:
-    r"""Onsager–Machlup action of a recorded trajectory (seed 000 section 8.2, discretised).
+    r"""Onsager–Machlup action of a recorded trajectory (docs/theory.md section 3.4, discretised).
 
     .. math::
 

@@ -1,4 +1,7 @@
-"""The seed's annealing schedule as a plain PyTorch learning-rate scheduler (SPEC section 5)."""
+"""The seed's annealing schedule as a plain PyTorch learning-rate scheduler.
+
+The schedule and its reading of the seed are derived in docs/theory.md section 4.2.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ __all__ = ["KramersAnnealingLR"]
 
 
 class KramersAnnealingLR(LRScheduler):
-    r"""Anneal every parameter group's learning rate by the seed's schedule (seed 000 section 5.2).
+    r"""Anneal every parameter group's learning rate by the seed's schedule
+    (docs/theory.md section 4.2).
 
     .. math::
 

@@ -1,4 +1,4 @@
-"""Line scan for barriers (SPEC section 4) against analytic profiles.
+"""Line scan for barriers (docs/theory.md section 3.1) against analytic profiles.
 
 References are closed forms: the double well ``L(x, y) = x⁴ − 3x² + y²`` (minimum ``(√1.5, 0)``,
 saddle ``(0, 0)``, ``ΔL = 9/4``, ``λ_b = −6``), a cubic and ``sin²`` with their maxima by hand,

@@ -1,4 +1,5 @@
-"""Stochastic Lanczos quadrature of log|det H| and seed 8.1's determinant barrier.
+"""Stochastic Lanczos quadrature of log|det H| and the seed's determinant barrier
+(docs/theory.md section 3.2).
 
 References: matrices ``Q diag(λ) Qᵀ`` with a chosen spectrum (``log|det| = Σ log|λ_i|`` exactly),
 per-probe ``zᵀ log|A| z`` from ``eigh``, and the exact Hessians of ``x⁴ − 3x² + y²`` from
@@ -164,7 +165,7 @@ def test_lanczos_quadrature_is_the_gauss_rule_of_the_tridiagonal():
         lanczos_quadrature(alphas, betas[:1])
 
 
-# -- seed 8.1 on the double well ----------------------------------------------------------------
+# -- the determinant barrier on the double well ------------------------------------------------
 
 
 def double_well(x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,10 @@ NOISE, DIM, N = 40.0, 1000, 10_000
 
 
 def temperature(lr: float, batch: int, *, momentum: float = 0.0, n: int | None = N) -> float:
-    """``T = η/(1−β) · trΣ₁ (N−B)/(B(N−1)) / (2d)``, written out (SPEC 2)."""
+    """``T = η/(1−β) · trΣ₁ (N−B)/(B(N−1)) / (2d)``, written out.
+
+    From docs/theory.md sections 0, 2.1 and 2.3.
+    """
     factor = 1.0 / batch if n is None else (n - batch) / (batch * (n - 1))
     return lr / (1.0 - momentum) * NOISE * factor / (2 * DIM)
 

@@ -1,4 +1,5 @@
-"""``estimate()`` against cases with known answers (SPEC section 6)."""
+"""``estimate()`` against cases with known answers: the double well with exact per-sample noise
+and a tiny MLP with its dense float64 Hessian."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from kramers_callback.estimate import NonFiniteLossError, PathwayStatus
 SQRT15 = math.sqrt(1.5)
 
 
-# -- the double well of seed 002 problem 3, with exact per-sample noise ------------------------
+# -- the double well x⁴ − 3x² + y², with exact per-sample noise -----------------------------
 class DoubleWell(nn.Module):
     """``ℓ_i(θ) = x⁴ − 3x² + y² + a_iᵀθ``; the batch is the matrix of the ``a_i``."""
 

@@ -382,7 +382,8 @@ def test_double_well_training_matches_a_hand_written_sgd_loop():
 
 
 def test_default_double_well_escapes_at_the_kramers_rate():
-    """The default data module's noise gives escapes at the predicted rate (SPEC 3: ≈0.9–1×).
+    """The default data module's noise gives escapes at the predicted rate (≈0.9–1×;
+    docs/theory.md section 1.3).
 
     Vectorised walkers draw batches of the data module's samples (with replacement: for
     N = 16 000 and B = 16 the difference in Σ_B is 0.1%) and take the SGD step of the recipe.
@@ -405,8 +406,9 @@ def test_default_double_well_escapes_at_the_kramers_rate():
         escapes += int((new != well).sum())
         well = new
     measured = escapes / (walkers * steps)
-    # About 370 escapes (standard error ≈ 5%) at the ≈0.93× of the formula that SPEC's
-    # simulation found: the band [0.75, 1.1]× is over 3 standard errors either side.
+    # About 370 escapes (standard error ≈ 5%) at the ≈0.93× of the formula that the
+    # simulations of docs/theory.md section 1.3 found: the band [0.75, 1.1]× is over 3 standard
+    # errors either side.
     assert 0.75 * predicted < measured < 1.1 * predicted
     # And the docstring's sizing: about one escape every other 1 000-step epoch.
     assert 0.35 < measured * dm.num_samples / dm.batch_size < 0.65

@@ -1,5 +1,5 @@
 """Closed forms of :mod:`kramers_callback.kramers` against identities, exact enumerations and
-Langevin simulations of the double well ``x⁴ − 3x²`` (SPEC section 6)."""
+Langevin simulations of the double well ``x⁴ − 3x²`` (docs/theory.md section 1.3)."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_escape_rate_is_attempt_frequency_times_arrhenius_factor():
     kwargs = {"lr": 0.03, "omega_0": 2.0, "omega_b": 0.5}
     rate = kramers.escape_rate(**kwargs, barrier=1.2, temperature=0.3)
     assert rate == pytest.approx(kramers.attempt_frequency(**kwargs) * math.exp(-4.0), rel=1e-15)
-    # A = η ω₀ ω_b / 2π: doubling η doubles the rate (η is a factor, SPEC 3).
+    # A = η ω₀ ω_b / 2π: doubling η doubles the rate (η is a factor, docs/theory.md section 1.2).
     doubled = kramers.escape_rate(**{**kwargs, "lr": 0.06}, barrier=1.2, temperature=0.3)
     assert doubled == pytest.approx(2 * rate, rel=1e-15)
     assert kramers.attempt_frequency(lr=2 * math.pi, omega_0=3.0, omega_b=5.0) == pytest.approx(15)
@@ -466,8 +466,8 @@ def _exact_batch_noise(samples: np.ndarray, batch: int, *, replacement: bool) ->
 @pytest.mark.parametrize("replacement", [True, False])
 @pytest.mark.parametrize("batch", [2, 3, 5])
 def test_optimal_batch_size_recovers_the_batch_of_a_temperature(replacement, batch):
-    # Seed 3.1: T = η E‖g_B − g‖² / (2d). Enumerate every batch of 7 gradients in 3-D to get
-    # the exact T of a batch size; the inversion must give that batch size back.
+    # docs/theory.md section 2.1: T = η E‖g_B − g‖² / (2d). Enumerate every batch of 7 gradients in
+    # 3-D to get the exact T of a batch size; the inversion must give that batch size back.
     rng = np.random.default_rng(batch)
     samples = rng.normal(size=(7, 3)) * [1.0, 3.0, 0.2]
     lr, dim = 0.1, 3

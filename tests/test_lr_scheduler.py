@@ -1,4 +1,7 @@
-"""``KramersAnnealingLR``: the seed's η(t) as a plain PyTorch scheduler (SPEC section 5)."""
+"""``KramersAnnealingLR``: the seed's η(t) as a plain PyTorch scheduler.
+
+The schedule is that of docs/theory.md section 4.2.
+"""
 
 from __future__ import annotations
 

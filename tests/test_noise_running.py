@@ -28,7 +28,7 @@ def _per_sample_gradients(n: int = 10, seed: int = 0) -> torch.Tensor:
 
 
 def _targets(grads: torch.Tensor) -> tuple[float, float]:
-    """The data set's ``Σ₁`` (``1/N``, SPEC 2) trace and its exact ``‖g‖²``."""
+    """The data set's ``Σ₁`` (``1/N``, docs/theory.md section 2.3) trace and its exact ``‖g‖²``."""
     mean = grads.mean(0)
     return float((grads - mean).square().sum(1).mean()), float(mean.square().sum())
 

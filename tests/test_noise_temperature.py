@@ -29,7 +29,10 @@ def _tiny_data(n: int = 6, p: int = 2) -> torch.Tensor:
 
 
 def _population_variance(data: torch.Tensor) -> torch.Tensor:
-    """``σ² = (1/N) Σ (x − x̄)(x − x̄)ᵀ``, the data set's own covariance (SPEC 2's Σ₁)."""
+    """``σ² = (1/N) Σ (x − x̄)(x − x̄)ᵀ``, the data set's own covariance.
+
+    This is the ``Σ₁`` of docs/theory.md section 2.3.
+    """
     centred = data - data.mean(0)
     return centred.T @ centred / len(data)
 
@@ -65,7 +68,8 @@ def test_factor_without_dataset_size_is_the_variance_of_a_batch_with_replacement
 
 
 def test_directional_temperature_is_half_the_sgd_step_variance_along_v_over_lr() -> None:
-    # Projecting θ ← θ − η g_B on v: Var = η² vᵀΣ_B v = 2 η T_v (SPEC 2), enumerated exactly.
+    # Projecting θ ← θ − η g_B on v: Var = η² vᵀΣ_B v = 2 η T_v (docs/theory.md section 2.2),
+    # enumerated exactly.
     data = _tiny_data(n=7, p=3)
     n, lr, batch_size = len(data), 0.3, 3
     v = torch.tensor([1.0, -2.0, 0.5], dtype=DTYPE)
@@ -126,7 +130,7 @@ def test_isotropic_and_directional_temperature_agree_for_isotropic_noise() -> No
 
 
 def test_temperature_scales_as_lr_over_batch_size() -> None:
-    # Seed 3.2: T ∝ η/B (exactly, with replacement).
+    # docs/theory.md section 2.1: T ∝ η/B (exactly, with replacement).
     base = isotropic_temperature(lr=0.1, noise_trace=3.0, dim=10, batch_size=8)
     assert base == pytest.approx(0.1 * 3.0 / 8 / 20)
     assert isotropic_temperature(lr=0.2, noise_trace=3.0, dim=10, batch_size=16) == pytest.approx(

@@ -1,4 +1,4 @@
-"""The termination rule (seed 000 section 6.3) with its guards."""
+"""The termination rule (docs/theory.md section 4.5) with its guards."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""Barriers along escape directions (SPEC section 4).
+"""Barriers along escape directions (docs/theory.md section 3).
 
 - :func:`scan_for_barrier`: the default, a line scan ``φ(s) = L(x₀ + s·v)`` that brackets and
   refines the nearest maximum (``ΔL``, ``λ_b``, ``s*``), or reports why there is none.
-- :func:`logdet_barrier` with :func:`stochastic_lanczos_logdet`: seed 8.1's determinant
-  heuristic, a named alternative with no general validity (see its docstring).
+- :func:`logdet_barrier` with :func:`stochastic_lanczos_logdet`: the seed's determinant
+  heuristic (docs/theory.md section 3.2), a named alternative with no general validity (see its
+  docstring).
 """
 
 from kramers_callback.barriers.line_scan import (

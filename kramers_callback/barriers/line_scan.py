@@ -1,4 +1,4 @@
-"""Line scans for barriers along escape directions (SPEC section 4).
+"""Line scans for barriers along escape directions (docs/theory.md section 3.1).
 
 Pure maths on a function of one real variable, ``φ(s) = L(x₀ + s·v)``: no torch here. The
 caller builds ``φ`` (for instance with :meth:`kramers_callback._probe.ProbeLoss.loss_along`)
@@ -121,7 +121,8 @@ def initial_step_for(*, temperature: float, curvature: float, default: float = 1
     scale) or ``T_v = 0`` (no noise scale); the geometric growth of the steps then finds the
     scale of the profile on its own.
 
-    Source: the Gaussian width of the Boltzmann density ``exp(−λ₀s²/(2T_v))`` (SPEC section 4).
+    Source: the Gaussian width of the Boltzmann density ``exp(−λ₀s²/(2T_v))`` (docs/theory.md
+    section 3.1).
     Cost: none (closed form).
 
     Args:
@@ -252,10 +253,11 @@ def scan_for_barrier(
     ``NON_FINITE`` after one evaluation; the function never raises on non-finite losses, so the
     caller can flag the direction and keep its last good estimate.
 
-    ``ΔL`` is measured from ``φ(0)`` (SPEC section 4), not from the lowest point before the
-    barrier: away from a minimum the walk may first descend, and ``profile`` holds that dip.
+    ``ΔL`` is measured from ``φ(0)`` (docs/theory.md section 3.1), not from the lowest point before
+    the barrier: away from a minimum the walk may first descend, and ``profile`` holds that dip.
 
-    Source: SPEC section 4; seed 000 section 2.2 needs ``ΔL`` and ``λ_b`` (``ω_b = √|λ_b|``).
+    Source: docs/theory.md section 3.1; the rate of section 1.2 needs ``ΔL`` and ``λ_b``
+    (``ω_b = √|λ_b|``).
     Assumptions: ``φ`` is smooth near the barrier top (for a kink, ``λ_b`` scales like
     ``1/h`` and is only a lower bound on the sharpness); the barrier nearest to ``x₀`` along
     ``v`` is the one that matters; the steps resolve it. Far out each step is a fraction
@@ -268,7 +270,7 @@ def scan_for_barrier(
 
     Args:
         phi: ``φ(s)``; any return value ``float()`` accepts.
-        threshold: ``κ·T_v > 0`` (SPEC default ``κ = 20``).
+        threshold: ``κ·T_v > 0`` (default ``κ = 20``, docs/theory.md section 3.1).
         initial_step: first step ``h > 0`` (see :func:`initial_step_for`).
         growth: step ratio ``g > 1``.
         max_evals: evaluation budget of the walk, counting ``φ(0)``; ``≥ 3``.

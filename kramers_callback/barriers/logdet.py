@@ -1,6 +1,6 @@
-r"""Seed 8.1's barrier from Hessian determinants: a named heuristic, not the default estimator.
+r"""The seed's barrier from Hessian determinants: a named heuristic, not the default estimator.
 
-Seed 000 section 8.1 writes
+The seed (docs/theory.md section 3.2) writes
 
 .. math::
 
@@ -9,8 +9,9 @@ Seed 000 section 8.1 writes
 
 It has no general validity: on ``L(x, y) = x⁴ − 3x² + y²`` the Hessians are ``diag(12, 2)`` at
 the minimum and ``diag(−6, 2)`` at the saddle, so it gives ``−T ln 2 / 2 < 0`` while the true
-barrier is ``9/4`` (SPEC section 4). The determinants enter the Eyring–Kramers *prefactor*,
-not the exponent. The line scan (:mod:`kramers_callback.barriers.line_scan`) is the default.
+barrier is ``9/4`` (docs/theory.md section 3.2). The determinants enter the Eyring–Kramers
+*prefactor*, not the exponent. The line scan (:mod:`kramers_callback.barriers.line_scan`) is the
+default.
 
 The log-determinants come from stochastic Lanczos quadrature; the quadrature maths
 (:func:`lanczos_quadrature`) is separate from the torch plumbing (the Lanczos recursion).
@@ -233,16 +234,16 @@ def stochastic_lanczos_logdet(
 
 
 def logdet_barrier(*, temperature: float, logdet_well: float, logdet_saddle: float) -> float:
-    r"""Seed 8.1's barrier "from parameter diversity": a heuristic with no general validity.
+    r"""The seed's barrier "from parameter diversity": a heuristic with no general validity.
 
     .. math::
 
         \Delta L \approx -\frac{T}{2}\left(\log|\det H_0| - \log|\det H^*|\right)
 
-    Source: seed 000 section 8.1. Caveat (SPEC section 4): on ``L = x⁴ − 3x² + y²``,
-    ``H₀ = diag(12, 2)`` and ``H* = diag(−6, 2)`` give ``−T ln 2 / 2 < 0``, while the true
-    barrier is ``9/4``; the value scales with ``T`` and not with the loss difference at all.
-    The determinants belong in the Eyring–Kramers prefactor ``√(det H₀/|det H*|)``. Use the
+    Source: the seed, as restated in docs/theory.md section 3.2. Caveat (same section): on
+    ``L = x⁴ − 3x² + y²``, ``H₀ = diag(12, 2)`` and ``H* = diag(−6, 2)`` give ``−T ln 2 / 2 < 0``,
+    while the true barrier is ``9/4``; the value scales with ``T`` and not with the loss difference
+    at all. The determinants belong in the Eyring–Kramers prefactor ``√(det H₀/|det H*|)``. Use the
     line scan (:func:`~kramers_callback.barriers.line_scan.scan_for_barrier`) for barriers;
     this function exists so the seed's formula can be compared against it.
     Cost: none (closed form); the log-determinants typically come from

@@ -1,4 +1,4 @@
-"""Curvature of the probe-set loss (SPEC section 4): Hessian-vector products, extreme
+"""Curvature of the probe-set loss (docs/theory.md section 8): Hessian-vector products, extreme
 eigenpairs (both ends from one Lanczos run), Hutchinson and Hutch++ traces, and the
 ``"native"`` / ``"pyhessian"`` backends."""
 

@@ -1,4 +1,4 @@
-"""Hessian-vector products of the probe-set loss by double backward (SPEC section 4).
+"""Hessian-vector products of the probe-set loss by double backward (Pearlmutter 1994).
 
 :class:`HessianOperator` is the one place where the estimators touch autograd: every curvature
 estimator (eigenpairs, trace, quadratic forms) only calls :meth:`HessianOperator.matvec`, so
@@ -102,7 +102,7 @@ class HessianOperator:
 
     where ``L_b`` is the mean loss of probe batch ``b`` (``n_b`` samples, ``n`` in all), so
     ``Σ_b w_b L_b`` is the probe-set mean loss ``L``. Source: Pearlmutter (1994), "Fast exact
-    multiplication by the Hessian"; SPEC section 4.
+    multiplication by the Hessian".
 
     The gradient graphs (``create_graph=True``) are built once, at construction, and every
     product reuses them (``retain_graph=True``): a product is one backward pass through the

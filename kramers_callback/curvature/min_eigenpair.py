@@ -1,4 +1,5 @@
-"""The smallest (most negative) Hessian eigenpair (SPEC section 4): the saddle curvature."""
+"""The smallest (most negative) Hessian eigenpair (docs/theory.md section 3.1): the saddle
+curvature."""
 
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ def min_eigenpair(
         \qquad \text{converged} \iff \lVert H u - \lambda_{\min} u \rVert
         \le \mathrm{tol}\cdot\max(|\lambda_{\min}|, \text{floor}) .
 
-    ``λ_min < 0`` is the saddle curvature at the current point (SPEC section 4). Method: the
-    same thick-restart Lanczos as :func:`top_eigenpairs` aimed at the other end of the spectrum
+    ``λ_min < 0`` is the saddle curvature at the current point (docs/theory.md section 3.1). Method:
+    the same thick-restart Lanczos as :func:`top_eigenpairs` aimed at the other end of the spectrum
     (:mod:`.krylov`). Krylov methods are shift-invariant, so ``upper_bound`` (an upper bound
     on ``λ_max``, which power-iteration backends need for the shift ``upper_bound·I − H``) is
     checked and otherwise not needed here.

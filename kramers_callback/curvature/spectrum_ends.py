@@ -1,4 +1,4 @@
-r"""``λ_max``, the top-k and ``λ_min`` from one Krylov run (SPEC section 4).
+r"""``λ_max``, the top-k and ``λ_min`` from one Krylov run (docs/theory.md section 8).
 
 Lanczos approximates both ends of the spectrum first (Kaniel–Paige–Saad bounds, Saad 2011,
 sec. 6.6), so the Ritz pairs at the two ends of one Krylov space give the top-``k`` and the

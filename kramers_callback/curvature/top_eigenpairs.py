@@ -1,4 +1,4 @@
-"""The top-k Hessian eigenpairs (SPEC section 4): escape directions and ``λ_max``."""
+"""The top-k Hessian eigenpairs (docs/theory.md section 3.1): escape directions and ``λ_max``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def top_eigenpairs(
         \qquad \text{converged} \iff \lVert H u_i - \lambda_i u_i \rVert
         \le \mathrm{tol}\cdot\max(|\lambda_i|, \text{floor}) \ \ \forall i .
 
-    Method: thick-restart Lanczos with stored products (:mod:`.krylov`), SPEC section 4. A
+    Method: thick-restart Lanczos with stored products (:mod:`.krylov`), docs/theory.md section 8. A
     residual ``≤ tol·|λ_i|`` puts ``λ_i`` within ``tol·|λ_i|`` of *an* eigenvalue; when
     ``λ_1 ≈ λ_2`` (gap below ``tol``) the pair may belong to either, which is as good an
     escape direction.

@@ -1,5 +1,5 @@
 """``tr H`` by Hutchinson's estimator, plain or deflated by a captured subspace (Hutch++),
-with a stopping rule on ``|tr H|`` (SPEC section 4)."""
+with a stopping rule on ``|tr H|`` (docs/theory.md section 8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The double well ``L(x, y) = x⁴ − 3x² + y²`` (seed 002, problem 3) with exact per-sample noise.
+"""The double well ``L(x, y) = x⁴ − 3x² + y²`` with exact per-sample noise.
 
 Each sample ``i`` tilts the landscape by a fixed vector ``a_i``:
 
@@ -8,7 +8,7 @@ Each sample ``i`` tilts the landscape by a fixed vector ``a_i``:
 
 so ``g_i = ∇L(θ) + a_i``. The ``a_i`` are built exactly centred (``Σ_i a_i = 0``) with an
 exactly chosen covariance ``Σ₁ = (1/N) Σ_i a_i a_iᵀ``: then the mean loss is ``L`` itself and
-the per-sample gradient covariance is ``Σ₁`` at every ``θ`` (SPEC section 6). SGD on
+the per-sample gradient covariance is ``Σ₁`` at every ``θ``. SGD on
 batches of ``B`` samples drawn without replacement is the Langevin-like walk
 
 .. math::
@@ -17,7 +17,7 @@ batches of ``B`` samples drawn without replacement is the Langevin-like walk
     = Σ_1 \\frac{N - B}{B(N - 1)},
 
 whose temperature along ``x`` is ``T_x = η Σ_{B,xx} / 2`` and whose escape rate over the saddle
-``(0, 0)`` is, per step (SPEC section 3),
+``(0, 0)`` is, per step (docs/theory.md section 1.2),
 
 .. math::
 
@@ -67,7 +67,8 @@ def predicted_escape_rate(lr: float, noise_variance_x: float) -> float:
 
     ``noise_variance_x`` is ``Σ_{B,xx}``, the variance of the batch-mean tilt along ``x``;
     ``T_x = η Σ_{B,xx} / 2``. Assumes ``ΔL / T_x ≳ 4`` (Kramers' high-barrier limit) and a small
-    step ``η λ₀ ≪ 2``; SPEC section 3 quotes measured rates at 0.90–0.96 of it for ``η = 0.01``.
+    step ``η λ₀ ≪ 2``; docs/theory.md section 1.3 reports measured rates at 0.90–0.96 of
+    it for ``η = 0.01``.
     """
     temperature = lr * noise_variance_x / 2
     prefactor = lr * math.sqrt(WELL_CURVATURE_X * abs(SADDLE_CURVATURE_X)) / (2 * math.pi)
@@ -200,7 +201,7 @@ class DoubleWellDataModule(pl.LightningDataModule):
     is about ``4.9·10⁻⁴`` escapes per step (simulation: about 0.93 of it): an escape about
     every other 1 000-step epoch, about ten in the recipe's 20 epochs. The ``y`` noise is
     weaker on purpose: the isotropic temperature ``η tr Σ_B / (2d)`` then understates ``T_x``,
-    the case SPEC section 2 warns about.
+    the case docs/theory.md section 2.2 warns about.
 
     ``batch_size`` is read by :meth:`train_dataloader` on every call; shuffling is drawn from
     ``(seed, epoch)``. Batches are ``[a]`` with ``a`` of shape ``[n, 2]`` (float32).

@@ -1,4 +1,4 @@
-"""Gradient-noise estimators and SGD temperatures (SPEC section 2; seed 000, sections 3.1, 3.2).
+"""Gradient-noise estimators and SGD temperatures (docs/theory.md section 2).
 
 Estimators of the per-sample gradient covariance ``Σ₁``, cheapest first:
 

@@ -1,4 +1,5 @@
-"""Gradient-noise variance along given directions, without per-sample gradients (SPEC 2).
+"""Gradient-noise variance along given directions, without per-sample gradients
+(docs/theory.md section 2.2).
 
 The directional temperature ``T_v = η_eff vᵀΣ_B v / 2`` needs only ``vᵀΣ₁v = Var_i(vᵀg_i)``,
 and ``vᵀg_i`` is the directional derivative of the per-sample loss ``ℓ_i`` along ``v``: one
@@ -63,8 +64,8 @@ def directional_variance(
         \qquad \partial_v\ell_i = v^\top\nabla_x\ell_i(x_0)
         = \frac{d}{ds}\,\ell_i(x_0 + s v)\Big|_{s=0}.
 
-    Source: SPEC section 2 (``vᵀg_i`` is a directional derivative of the per-sample losses);
-    it equals the ``directional_variance`` of
+    Source: docs/theory.md section 2.2 (``vᵀg_i`` is a directional derivative of the per-sample
+    losses); it equals the ``directional_variance`` of
     :func:`~kramers_callback.noise.per_sample_noise`, without its ``d``-sized gradients.
 
     ``method="jvp"`` (default): ``torch.func.jvp`` of the per-sample losses along ``v``, exact

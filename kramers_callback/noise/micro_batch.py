@@ -1,4 +1,4 @@
-"""Gradient-noise moments from micro-batch gradients of the probe set (SPEC 2, estimator 2).
+"""Gradient-noise moments from micro-batch gradients of the probe set (docs/theory.md section 2.5).
 
 No per-sample autograd: each micro-batch is one ordinary forward and backward pass, so this
 works for any model the user can train, BatchNorm in training mode included (then each
@@ -76,7 +76,7 @@ def micro_batch_noise_trace(
         \qquad \bar G = \frac1m\sum_j G_j,
 
     where ``scatter`` is ``Σ_j ‖G_j − Ḡ‖²``, ``m`` the number of micro-batches and ``b`` their
-    size. Source: SPEC section 2 (estimator 2). Derivation: the ``G_j`` are means of ``b``
+    size. Source: docs/theory.md section 2.5. Derivation: the ``G_j`` are means of ``b``
     samples, so their covariance is ``Σ₁/b`` and ``scatter/(m − 1)`` is its unbiased sample
     estimate (assumes i.i.d. samples; for the finite probe, see :func:`micro_batch_noise`).
     Cost: ``O(1)`` (``O(k)`` for a tensor).
@@ -135,7 +135,7 @@ def micro_batch_noise(
     partitions, both equal the per-sample reference on the same probe (with equal partition
     and any remainder). The permutation matters: with class-ordered data, contiguous chunks
     are class-pure and the scatter overstates the between-class part of ``Σ₁`` about
-    ``b``-fold (SPEC 2: "draw probe samples at random").
+    ``b``-fold, hence the random permutation.
 
     Assumes each micro-batch's mean loss is the mean of its samples' losses (exact in eval
     mode; in training mode BatchNorm couples samples inside a micro-batch, which is the

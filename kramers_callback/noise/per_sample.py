@@ -1,6 +1,6 @@
 """Exact per-sample gradient moments on the probe set: the reference noise estimator.
 
-SPEC section 2, estimator 3. Every other estimator of ``tr Σ₁`` is tested against this one.
+Every other estimator of ``tr Σ₁`` is tested against this one.
 """
 
 from __future__ import annotations
@@ -147,8 +147,8 @@ def per_sample_noise(
         \widehat{\|g\|^2} = \|\bar g\|^2 - \widehat{\operatorname{tr}\Sigma_1}/n,
 
     with ``g_i = ∇_x ℓ_i(x₀)`` in the probe's coordinates (see :func:`per_sample_gradients`)
-    and ``v`` the rows of ``directions`` (``[k, d]``). Source: SPEC section 2 (estimator 3);
-    seed 000 section 3.1; the ``‖g‖²`` correction is McCandlish et al. 2018, appendix A.
+    and ``v`` the rows of ``directions`` (``[k, d]``). Source: docs/theory.md section 2.1; the
+    ``‖g‖²`` correction is McCandlish et al. 2018, appendix A.
 
     Assumes the probe samples are independent draws from the training set (then all three
     are unbiased) and each sample's loss depends on that sample only (eval mode).

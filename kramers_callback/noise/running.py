@@ -1,4 +1,4 @@
-r"""A nearly free ``tr Σ₁`` estimate from the training steps' own gradients (SPEC 2, estimator 1).
+r"""A nearly free ``tr Σ₁`` estimate from the training steps' own gradients.
 
 The two-batch estimator (McCandlish et al. 2018, "An empirical model of large-batch
 training", appendix A): the squared norm of a batch gradient ``G_B`` obeys

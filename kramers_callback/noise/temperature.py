@@ -1,12 +1,12 @@
-"""SGD's batch-noise temperature from gradient-noise moments (SPEC section 2; seed 3.1, 3.2).
+"""SGD's batch-noise temperature from gradient-noise moments (docs/theory.md section 2).
 
 Pure maths on plain numbers (and, for directional variances, tensors): no model, no autograd.
 Every argument is validated, so a bad one raises
 ``ValueError("<argument> must be <rule>, got <value>")``.
 
-Symbols (SPEC 1): ``Σ₁ = Cov_i(g_i)`` is the per-sample gradient covariance, ``B`` the samples
-per optimizer step, ``N`` the training-set size, ``d`` the number of parameters and ``lr`` the
-effective step size ``η_eff = η / (1 − β)`` (see :func:`effective_lr`).
+Symbols (docs/theory.md section 0): ``Σ₁ = Cov_i(g_i)`` is the per-sample gradient covariance, ``B``
+the samples per optimizer step, ``N`` the training-set size, ``d`` the number of parameters and
+``lr`` the effective step size ``η_eff = η / (1 − β)`` (see :func:`effective_lr`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def effective_lr(*, lr: float, momentum: float = 0.0) -> float:
 
         \eta_\text{eff} = \frac{\eta}{1 - \beta}.
 
-    Source: SPEC section 1. With momentum the update is a geometric sum of past gradients,
+    Source: docs/theory.md section 0. With momentum the update is a geometric sum of past gradients,
     ``Σ_k β^k = 1/(1 − β)``, so over times long compared with ``1/(1 − β)`` steps the drift and
     the noise are both those of plain SGD with step ``η/(1 − β)``. Assumes the loss changes
     little over ``1/(1 − β)`` steps; holds for Nesterov momentum to the same order.
@@ -57,9 +57,9 @@ def finite_population_factor(*, batch_size: int, dataset_size: int | None = None
         \Sigma_B = \Sigma_1\,\frac{N - B}{B\,(N - 1)} \quad\text{(without replacement)},
         \qquad \Sigma_B = \frac{\Sigma_1}{B} \quad\text{(with replacement, } N = \text{None)}.
 
-    Source: SPEC section 2; the variance of a simple random sample mean (Cochran, *Sampling
-    Techniques*, 1977, theorem 2.2). Here ``Σ₁ = (1/N) Σ_i (g_i − g)(g_i − g)ᵀ`` is the data
-    set's own covariance; the probe estimators (sample covariance with ``1/(n − 1)``) are
+    Source: docs/theory.md section 2.3; the variance of a simple random sample mean (Cochran,
+    *Sampling Techniques*, 1977, theorem 2.2). Here ``Σ₁ = (1/N) Σ_i (g_i − g)(g_i − g)ᵀ`` is the
+    data set's own covariance; the probe estimators (sample covariance with ``1/(n − 1)``) are
     unbiased for ``N/(N − 1)·Σ₁``, a relative difference ``1/(N − 1)`` that is ignored. A full
     batch (``B = N``) has no noise. Assumes each batch is a uniformly random subset (a
     shuffled loader). Cost: ``O(1)``.
@@ -89,8 +89,8 @@ def isotropic_temperature(
         \qquad \operatorname{tr}\Sigma_B = \operatorname{tr}\Sigma_1 \cdot
         \text{finite\_population\_factor}(B, N).
 
-    Source: seed 000 section 3.1 (``T = η⟨‖∇L_B − ∇L‖²⟩/2d``, with ``⟨‖∇L_B − ∇L‖²⟩ =
-    tr Σ_B``); SPEC section 2. ``lr`` is ``η_eff`` (:func:`effective_lr`). Assumes the noise is
+    Source: docs/theory.md section 2.1 (the seed's ``T = η⟨‖∇L_B − ∇L‖²⟩/2d``, with
+    ``⟨‖∇L_B − ∇L‖²⟩ = tr Σ_B``). ``lr`` is ``η_eff`` (:func:`effective_lr`). Assumes the noise is
     spread evenly over the ``d`` directions; SGD noise is not, so escapes use
     :func:`directional_temperature`. Cost: ``O(1)``.
     """
@@ -115,7 +115,7 @@ def directional_temperature(
         T_v = \frac{\eta_\text{eff}\, v^\top \Sigma_B v}{2},
         \qquad v^\top\Sigma_B v = v^\top\Sigma_1 v \cdot \text{finite\_population\_factor}(B, N).
 
-    Source: SPEC section 2. Projecting ``θ ← θ − η g_B`` on ``v`` gives a noise variance
+    Source: docs/theory.md section 2.2. Projecting ``θ ← θ − η g_B`` on ``v`` gives a noise variance
     ``η² vᵀΣ_B v`` per step, which is ``2ηT_v`` in the Langevin form
     ``dθ = −η∇L dt + √(2ηT) dW``. For isotropic ``Σ₁ = σ²I`` it equals
     :func:`isotropic_temperature`. Assumes ``‖v‖ = 1`` (for another length the result scales

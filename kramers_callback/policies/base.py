@@ -29,7 +29,7 @@ class Policy(str, enum.Enum):
     LR = "lr"
     """Change the learning rate only."""
     BATCH = "batch"
-    """Change the batch size only (seed 000 section 6.2)."""
+    """Change the batch size only (docs/theory.md section 4.4)."""
     HYBRID = "hybrid"
     """Cool by growing the batch size up to ``batch_max`` first, then lowering the learning
     rate ("increase the batch size instead of decaying the learning rate", Smith et al. 2018);

@@ -1,5 +1,5 @@
 r"""``batch``: move the batch size only, :math:`T(\eta, B') = T^*(\eta, B')` at fixed ``η``
-(for a constant target the optimal batch size of seed 000 section 6.2), on a multiple of the
+(for a constant target the optimal batch size of docs/theory.md section 4.4), on a multiple of the
 batch unit within the batch bounds."""
 
 from __future__ import annotations
