@@ -45,7 +45,7 @@ from kramers_callback._callback_state import (
 )
 from kramers_callback._loss_blocks import Dwell, LossBlocks
 from kramers_callback._probe import LossFn, batch_size_of
-from kramers_callback._probe_set import ProbeSet
+from kramers_callback._probe_set import ProbeSet, training_conversion
 from kramers_callback._validation import (
     all_finite,
     check_choice,
@@ -100,9 +100,12 @@ class KramersCallback(Callback):
     At the end of each training epoch the callback measures, on a fixed seeded probe set drawn
     from the training data, the batch-noise temperature ``T``, the Hessian's extreme
     eigenvalues and the barriers along the escape directions (:func:`kramers_callback.estimate`,
-    warm-started from the previous estimate, in float32 outside autocast, model in eval mode
-    and left exactly as found). Between estimates (when the overhead budget spaces them) a
-    running two-batch noise estimate from the training gradients keeps ``T`` current. Then:
+    warm-started from the previous estimate, in float32 (float64 for a float64 model) outside
+    autocast, model in eval mode and left exactly as found; the probe batches go through the
+    precision plugin's ``convert_input`` as training batches do, so under ``"64-true"`` they
+    are float64 and under ``"bf16-true"`` the bfloat16-rounded data, measured in float32). Between
+    estimates (when the overhead budget spaces them) a running two-batch noise estimate from
+    the training gradients keeps ``T`` current. Then:
 
     .. math::
 
@@ -520,7 +523,7 @@ class KramersCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = checks.check_train_loader(trainer.train_dataloader)
         self._dataset_size = len(loader.dataset)  # type: ignore[arg-type]
-        self._probe.build(loader)
+        self._probe.build(loader, training_conversion(trainer, pl_module))
         world = self._world_size = trainer.world_size
         self._note_loader(loader)
         mechanism = self._mechanism or BatchMechanism.ACCUMULATION

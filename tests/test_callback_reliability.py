@@ -1,0 +1,69 @@
+"""KramersCallback under faults and unusual but legal setups: precision plugins, resumes with
+changed arguments, huge arguments, a monitor never logged, a non-finite training loss, one
+instance fitted twice, and the horizon under ``max_steps``."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from lightning_helpers import BlobsData, TinyClassifier, trainer
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+import kramers_callback.callback as callback_module
+from kramers_callback.callback import KramersCallback
+
+QUICK = dict(
+    probe_size=64,
+    probe_batch_size=32,
+    overhead_budget=math.inf,
+    compute_trace=False,
+    verbose=False,
+)
+"""Every epoch an estimate, on a probe of 64 blobs: a fit of a few epochs takes under a second."""
+
+
+def fit_blobs(cb, *, epochs=2, module=None, data=None, **trainer_kwargs):
+    pl.seed_everything(0)
+    module = module or TinyClassifier()
+    data = data or BlobsData()
+    t = trainer(callbacks=[cb], max_epochs=epochs, **trainer_kwargs)
+    t.fit(module, datamodule=data)
+    return t, module, data
+
+
+# -- 1. precision plugins ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("precision", "dtype", "rounding"),
+    [
+        ("64-true", torch.float64, torch.float64),
+        ("16-mixed", torch.float32, torch.float32),
+        ("bf16-true", torch.float32, torch.bfloat16),
+    ],
+)
+def test_probe_batches_follow_the_precision_plugin(monkeypatch, precision, dtype, rounding):
+    real, seen = callback_module.run_estimate, []
+
+    def spy(model, loss_fn, batches, **kwargs):
+        seen.append(([b[0] for b in batches], torch.is_autocast_enabled("cpu")))
+        return real(model, loss_fn, batches, **kwargs)
+
+    monkeypatch.setattr(callback_module, "run_estimate", spy)
+    cb = KramersCallback("hybrid", **QUICK)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "16-mixed" on the CPU runs as "bf16-mixed"
+            fit_blobs(cb, precision=precision)
+    except MisconfigurationException as err:  # a precision this machine cannot run
+        pytest.skip(f"precision={precision!r} unsupported here: {err}")
+    assert [h["estimate"] for h in cb.history] == ["ok", "ok"]
+    assert cb.last_estimate is not None and cb.last_estimate.eigenvectors.dtype == dtype
+    data = BlobsData().train_set.tensors[0][cb._probe.indices]
+    for inputs, autocast in seen:
+        assert not autocast  # estimation never runs under autocast
+        assert torch.cat(inputs).dtype == dtype
+        # The data as the training step sees it (rounded by the plugin), at the estimate dtype.
+        assert torch.equal(torch.cat(inputs), data.to(rounding).to(dtype))
