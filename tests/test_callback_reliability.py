@@ -5,6 +5,7 @@ instance fitted twice, and the horizon under ``max_steps``."""
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import pytest
@@ -67,3 +68,18 @@ def test_probe_batches_follow_the_precision_plugin(monkeypatch, precision, dtype
         assert torch.cat(inputs).dtype == dtype
         # The data as the training step sees it (rounded by the plugin), at the estimate dtype.
         assert torch.equal(torch.cat(inputs), data.to(rounding).to(dtype))
+
+
+# -- 5. arguments that would allocate by their value --------------------------------------
+def test_a_huge_top_k_builds_a_short_ladder_and_is_refused_at_setup():
+    started = time.perf_counter()
+    cb = KramersCallback("hybrid", top_k=10**9, max_products=10**9, **QUICK)
+    assert time.perf_counter() - started < 1.0
+    assert len(cb.budget.sizes) <= 64  # O(log) rungs, not one per eigenpair
+    # Small values still step down by one eigenpair (the other knobs halve to their floors).
+    assert [s.top_k for s in KramersCallback(top_k=4).budget.sizes][:4] == [4, 3, 2, 1]
+    with pytest.raises(MisconfigurationException) as err:
+        fit_blobs(KramersCallback("hybrid", top_k=100, **QUICK))
+    assert "top_k must be an integer ≤ d = 83 (the number of trainable parameters), got 100" in (
+        str(err.value)
+    )
