@@ -913,7 +913,7 @@ class KramersCallback(Callback):
             samples_left = (max_epochs - (trainer.current_epoch + 1)) * self._samples_per_epoch
         if trainer.max_steps is not None and trainer.max_steps >= 0:
             steps_left = float(trainer.max_steps - trainer.global_step)
-        return Horizon(self._samples_seen, samples_left, steps_left)
+        return Horizon(self._samples_seen, samples_left, steps_left, trainer.global_step)
 
     def _choose(self, trainer: pl.Trainer, observation: Observation) -> RegimeDecision:
         """The signals' readings, the phase and the policy's decision, or why the knobs are

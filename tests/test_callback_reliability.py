@@ -83,3 +83,14 @@ def test_a_huge_top_k_builds_a_short_ladder_and_is_refused_at_setup():
     assert "top_k must be an integer ≤ d = 83 (the number of trainable parameters), got 100" in (
         str(err.value)
     )
+
+
+# -- 10. the horizon under max_steps ---------------------------------------------------------
+@pytest.mark.parametrize("policy", ["observe", "hybrid"])
+def test_the_horizon_is_max_steps_when_only_max_steps_bounds_the_run(policy):
+    # 190 samples in batches of 16: each epoch ends on a batch of 14, a whole optimizer step.
+    cb = KramersCallback(policy, **QUICK)
+    t, _, _ = fit_blobs(cb, epochs=-1, max_steps=60, data=BlobsData(num_samples=190))
+    assert t.global_step == 60 and len(cb.history) == 5
+    assert [h["horizon"] for h in cb.history] == [60.0] * 5
+    assert [h["remaining_steps"] for h in cb.history] == [60.0 - 12 * (e + 1) for e in range(5)]
