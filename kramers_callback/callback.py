@@ -172,6 +172,8 @@ class KramersCallback(Callback):
     eigenvectors and the state of the epoch in progress (sample counts, loss sum, running noise
     sums), so a resume decides as the uninterrupted run would, also from a checkpoint written
     inside an epoch (e.g. by a ModelCheckpoint after a ``val_check_interval`` validation).
+    One instance passed to a second ``fit`` starts that run afresh (history, budget, stop rule,
+    probe), unless the fit resumes from a checkpoint (``ckpt_path``), whose state continues.
 
     Cost: per optimizer step ``O(1)``, plus ``O(d)`` on the steps of a sampled noise window;
     per estimate see :func:`kramers_callback.estimate` (kept within ``overhead_budget`` of the
@@ -310,7 +312,15 @@ class KramersCallback(Callback):
         self.noise_window = check_positive_int("noise_window", noise_window, minimum=2)
         self.noise_stride = check_positive_int("noise_stride", noise_stride)
         self.verbose = bool(verbose)
+        self._cooling_factor = cooling_factor(max_change=self.max_change)
+        self._equilibrium_signal = EquilibriumSignal(factor=self._cooling_factor)
+        self._fitted = False
+        self._reset_fit_state()
 
+    # -- state -------------------------------------------------------------------------------
+    def _reset_fit_state(self) -> None:
+        """Everything one fit accumulates: a new fit starts from here, a resume from the
+        checkpoint's state (``load_state_dict`` runs after ``setup``)."""
         self.termination = TerminationRule(
             compute_cost=self.compute_cost,
             min_epochs=self.min_epochs,
@@ -320,13 +330,10 @@ class KramersCallback(Callback):
             use_monitor=self.monitor is not None,
         )
         self.budget = OverheadBudget(self.overhead_budget, self.full_size)
-        self._cooling_factor = cooling_factor(max_change=self.max_change)
-        self._equilibrium_signal = EquilibriumSignal(factor=self._cooling_factor)
         self.history: list[dict[str, Any]] = []
         self.last_estimate: KramersEstimate | None = None
         self._reset_run_state()
 
-    # -- state -------------------------------------------------------------------------------
     def _reset_run_state(self) -> None:
         self._loss: LossFn | None = None
         self._probe = ProbeSet(self.probe_size, self.probe_seed)
@@ -401,6 +408,7 @@ class KramersCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = state_dict
+        self._fitted = False  # the next fit continues this state
         indices = state.get("probe_indices")
         self._probe.indices = None if indices is None else [int(i) for i in indices]
         self._initial_lr = state.get("initial_lr")
@@ -457,6 +465,10 @@ class KramersCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if self._fitted:
+            # A second fit of this instance starts afresh (its history, budget, stop rule and
+            # probe), unless it resumes: load_state_dict then restores them after setup.
+            self._reset_fit_state()
         checks.check_fit_loop(trainer, pl_module)
         self._external_accumulation = any(
             isinstance(c, GradientAccumulationScheduler) for c in trainer.callbacks
@@ -486,6 +498,7 @@ class KramersCallback(Callback):
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fitted = True
         kind = checks.check_optimizer(trainer)
         self._adaptive = kind == optim_io.ADAPTIVE
         if self._adaptive and not self._adaptive_warned:

@@ -94,3 +94,24 @@ def test_the_horizon_is_max_steps_when_only_max_steps_bounds_the_run(policy):
     assert t.global_step == 60 and len(cb.history) == 5
     assert [h["horizon"] for h in cb.history] == [60.0] * 5
     assert [h["remaining_steps"] for h in cb.history] == [60.0 - 12 * (e + 1) for e in range(5)]
+
+
+# -- 9. one instance fitted twice ----------------------------------------------------------
+def decisions(cb):
+    return [(h["epoch"], h["estimate"], h["reason"], h["lr"], h["batch_size"]) for h in cb.history]
+
+
+def test_a_second_fit_starts_afresh_and_a_resume_continues(tmp_path):
+    cb = KramersCallback("hybrid", **QUICK)
+    t, _, _ = fit_blobs(cb)
+    first = decisions(cb)
+    path = tmp_path / "two.ckpt"
+    t.save_checkpoint(path)
+    fit_blobs(cb)  # the same instance, a new run: as if new
+    assert decisions(cb) == first and [h["epoch"] for h in cb.history] == [0, 1]
+    assert cb.budget.num_estimates == 2
+    pl.seed_everything(0)
+    trainer(callbacks=[cb], max_epochs=3).fit(TinyClassifier(), datamodule=BlobsData(),
+                                             ckpt_path=path)
+    assert [h["epoch"] for h in cb.history] == [0, 1, 2]  # a resume continues the checkpoint
+    assert decisions(cb)[:2] == first
