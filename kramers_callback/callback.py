@@ -93,6 +93,16 @@ _ESTIMATE_OPTIONS = (
     "centre_probe",
 )
 
+_REFUSED_CHANGES = {
+    "probe_size": "the stored probe set has that many samples (a different size would mix "
+    "the stored draw with the new setting)",
+    "monitor": "the stop rule's stored best value and patience count belong to that metric",
+    "mode": "the stop rule's stored best value was ranked in that mode",
+}
+"""Arguments a resume refuses to change, with why (the checkpoint's state depends on them)."""
+_APPLIED_CHANGES = ("probe_seed", "top_k", "lr_min", "lr_max", "overhead_budget")
+"""Arguments (with ``policy``) whose change on a resume applies from the resume on."""
+
 
 class KramersCallback(Callback):
     r"""Anneal SGD's temperature by the Kramers escape rate; grow the batch; stop when done.
@@ -172,8 +182,29 @@ class KramersCallback(Callback):
     eigenvectors and the state of the epoch in progress (sample counts, loss sum, running noise
     sums), so a resume decides as the uninterrupted run would, also from a checkpoint written
     inside an epoch (e.g. by a ModelCheckpoint after a ``val_check_interval`` validation).
-    One instance passed to a second ``fit`` starts that run afresh (history, budget, stop rule,
-    probe), unless the fit resumes from a checkpoint (``ckpt_path``), whose state continues.
+    The checkpoint key is the class name, the same whatever the arguments (a 0.x checkpoint,
+    keyed by ``policy`` and ``probe_seed``, is still read). A resume with changed arguments:
+
+    ===================  ===================================================================
+    argument             on resume
+    ===================  ===================================================================
+    ``policy``           applies from now on; history, probe, budget and stop rule carry
+                         over; a knob the new policy does not own is the user's again (the
+                         loader's ``batch_size``, the Trainer's accumulation), the learning
+                         rate is the checkpointed optimizer's
+    ``probe_seed``       the stored probe set is kept (one warning says so); the new seed
+                         seeds the estimators' random draws from now on
+    ``top_k``            applies from now on (the warm start keeps the eigenvectors it fits)
+    ``lr_min/lr_max``    apply from now on (clamps of each decision)
+    ``overhead_budget``  applies from now on; the credit earned so far carries over
+    ``probe_size``       refused (``MisconfigurationException``): the stored probe has that
+                         many samples
+    ``monitor/mode``     refused: the stop rule's stored best value belongs to them
+    ===================  ===================================================================
+
+    Other arguments apply from now on. One instance passed to a second ``fit`` starts that run
+    afresh (history, budget, stop rule, probe), unless the fit resumes from a checkpoint
+    (``ckpt_path``), whose state continues.
 
     Cost: per optimizer step ``O(1)``, plus ``O(d)`` on the steps of a sampled noise window;
     per estimate see :func:`kramers_callback.estimate` (kept within ``overhead_budget`` of the
@@ -373,20 +404,66 @@ class KramersCallback(Callback):
     def stop_reason(self) -> StopReason:
         return self.termination.reason
 
-    @property
-    def state_key(self) -> str:
-        # Lightning reads this at every hook call: build it once.
-        key = self.__dict__.get("_state_key")
-        if key is None:
-            key = self._generate_state_key(policy=self.policy.value, probe_seed=self.probe_seed)
-            self.__dict__["_state_key"] = key
-        return key
+    # The state key is Lightning's default, the class name: stable across arguments, so a
+    # resume with changed arguments finds its state (see the class docstring for which apply).
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Read a checkpoint written under the 0.x key ``KramersCallback{'policy': ...,
+        'probe_seed': ...}`` (called before ``load_state_dict``, on the same dict)."""
+        states = checkpoint.get("callbacks")
+        if not isinstance(states, dict) or self.state_key in states:
+            return
+        legacy = [k for k in states if isinstance(k, str) and k.startswith(self.state_key + "{")]
+        if len(legacy) == 1:
+            states[self.state_key] = states.pop(legacy[0])
+
+    def _arguments(self) -> dict[str, Any]:
+        """The arguments a resume compares with the checkpoint's
+        (:data:`_REFUSED_CHANGES`, :data:`_APPLIED_CHANGES`)."""
+        names = (*_REFUSED_CHANGES, *_APPLIED_CHANGES)
+        values = {name: getattr(self, name) for name in names if name != "top_k"}
+        return {**values, "top_k": self.full_size.top_k, "policy": self.policy.value}
+
+    def _check_resumed_arguments(self, stored: dict[str, Any] | None, probe: bool) -> None:
+        """Refuse the changes a resume cannot honour; say which changes apply from now on."""
+        if not stored:
+            return  # a checkpoint from before the arguments were stored
+        now = self._arguments()
+        for name in _REFUSED_CHANGES:
+            if name == "mode" and now["monitor"] is None:
+                continue  # without a monitor the mode is never read
+            if name in stored and stored[name] != now[name]:
+                raise MisconfigurationException(
+                    f"KramersCallback: cannot resume with {name}={now[name]!r}: the checkpoint "
+                    f"was written with {name}={stored[name]!r}, and {_REFUSED_CHANGES[name]}. "
+                    f"Resume with {name}={stored[name]!r}, or start a new run without ckpt_path."
+                )
+        if probe and "probe_seed" in stored and stored["probe_seed"] != now["probe_seed"]:
+            rank_zero_warn(
+                f"KramersCallback: resuming with probe_seed={now['probe_seed']} from a checkpoint "
+                f"written with probe_seed={stored['probe_seed']}: the stored probe set (drawn "
+                f"with {stored['probe_seed']}) is kept, so estimates stay comparable; the new "
+                "seed seeds the estimators' random draws from now on."
+            )
+        changed = [
+            f"{name}: {stored[name]!r} -> {now[name]!r}"
+            for name in ("policy", *_APPLIED_CHANGES)
+            if name in stored and stored[name] != now[name]
+        ]
+        if changed and self.verbose:
+            rank_zero_info(
+                "KramersCallback: resuming with changed arguments, which apply from now on ("
+                + "; ".join(changed)
+                + "); the history, probe, budget and stop rule carry over."
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python values and tensors only, so it loads under ``weights_only=True``."""
         warm, good, indices = self._warm, self._last_good, self._probe.indices
         return {
             "version": STATE_VERSION,
+            "arguments": self._arguments(),
             "probe_indices": list(indices) if indices else None,
             "initial_lr": self._initial_lr,
             "initial_batch": self._initial_batch,
@@ -408,8 +485,9 @@ class KramersCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = state_dict
-        self._fitted = False  # the next fit continues this state
         indices = state.get("probe_indices")
+        self._check_resumed_arguments(state.get("arguments"), probe=indices is not None)
+        self._fitted = False  # the next fit continues this state
         self._probe.indices = None if indices is None else [int(i) for i in indices]
         self._initial_lr = state.get("initial_lr")
         self._initial_batch = state.get("initial_batch")

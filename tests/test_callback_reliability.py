@@ -115,3 +115,85 @@ def test_a_second_fit_starts_afresh_and_a_resume_continues(tmp_path):
                                              ckpt_path=path)
     assert [h["epoch"] for h in cb.history] == [0, 1, 2]  # a resume continues the checkpoint
     assert decisions(cb)[:2] == first
+
+
+# -- 2, 3. resume with changed arguments ----------------------------------------------------
+def checkpoint_after_two_epochs(tmp_path, **kwargs):
+    cb = KramersCallback("hybrid", **{**QUICK, **kwargs})
+    t, _, _ = fit_blobs(cb)
+    path = tmp_path / "two.ckpt"
+    t.save_checkpoint(path)
+    return cb, path
+
+
+def resume(path, policy="hybrid", **kwargs):
+    cb = KramersCallback(policy, **{**QUICK, **kwargs})
+    pl.seed_everything(0)
+    trainer(callbacks=[cb], max_epochs=3, limit_val_batches=1.0).fit(
+        TinyClassifier(), datamodule=BlobsData(), ckpt_path=path
+    )
+    return cb
+
+
+def test_a_changed_policy_carries_the_state_over(tmp_path):
+    first, path = checkpoint_after_two_epochs(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "Please add the following callbacks"
+        resumed = resume(path, "observe")
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    assert repr(resumed.history[:2]) == repr(first.history)  # repr: nan == nan
+    assert resumed.budget.num_estimates == 3
+    assert resumed._probe.indices == first._probe.indices
+    last = resumed.history[-1]  # observe from now on: the knobs stay
+    assert (last["lr"], last["batch_size"]) == (last["lr_before"], last["batch_before"])
+
+
+def test_a_changed_probe_seed_keeps_the_stored_probe_and_warns(tmp_path):
+    first, path = checkpoint_after_two_epochs(tmp_path)
+    with pytest.warns(UserWarning, match=r"probe_seed=7 .* probe_seed=0: the stored probe set"):
+        resumed = resume(path, probe_seed=7)
+    assert resumed._probe.indices == first._probe.indices
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+
+
+def test_a_checkpoint_under_the_old_argument_key_still_loads(tmp_path):
+    first, path = checkpoint_after_two_epochs(tmp_path)
+    checkpoint = torch.load(path, weights_only=True)
+    state = checkpoint["callbacks"].pop(first.state_key)
+    checkpoint["callbacks"]["KramersCallback{'policy': 'hybrid', 'probe_seed': 0}"] = state
+    torch.save(checkpoint, path)
+    assert [h["epoch"] for h in resume(path).history] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("stored", "changed", "message"),
+    [
+        ({}, {"probe_size": 32}, "cannot resume with probe_size=32: the checkpoint was written "
+         "with probe_size=64, and the stored probe set has that many samples"),
+        ({}, {"monitor": "val_loss"}, "cannot resume with monitor='val_loss': the checkpoint was "
+         "written with monitor=None"),
+        ({"monitor": "val_loss"}, {"monitor": "val_loss", "mode": "max"},
+         "cannot resume with mode='max': the checkpoint was written with mode='min'"),
+    ],
+)
+def test_a_resume_refuses_changes_the_state_depends_on(tmp_path, stored, changed, message):
+    _, path = checkpoint_after_two_epochs(tmp_path, **stored)
+    with pytest.raises(MisconfigurationException, match=message):
+        resume(path, **changed)
+
+
+@pytest.mark.parametrize(
+    "changed", [{"top_k": 2}, {"lr_min": 0.1}, {"lr_max": 0.3}, {"overhead_budget": 0.5}]
+)
+def test_a_resume_applies_other_changed_arguments_from_then_on(tmp_path, caplog, changed):
+    first, path = checkpoint_after_two_epochs(tmp_path)
+    (name, value), = changed.items()
+    with caplog.at_level("INFO"):
+        resumed = resume(path, **changed, verbose=True)
+    assert f"apply from now on ({name}: {first._arguments()[name]!r} -> {value!r})" in caplog.text
+    assert repr(resumed.history[:2]) == repr(first.history)  # repr: nan == nan
+    assert resumed.budget.training_work > first.budget.training_work  # the budget carried over
+    if name == "top_k":
+        assert len(resumed.last_estimate.eigenvalues) == 2
+    if name == "lr_min":  # the clamp of the new value: η never below 0.1 from the resume on
+        assert resumed.history[-1]["lr"] >= 0.1
