@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, GradientAccumulationScheduler
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.model_helpers import is_overridden
 from pytorch_lightning.utilities.parsing import lightning_getattr
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -92,6 +93,12 @@ _ESTIMATE_OPTIONS = (
     "trace_tol",
     "centre_probe",
 )
+
+def _validates(trainer: pl.Trainer) -> bool:
+    """Whether this fit can run a validation loop (a ``validation_step`` and batches to run)."""
+    module = trainer.lightning_module
+    return bool(trainer.limit_val_batches) and is_overridden("validation_step", module)
+
 
 _REFUSED_CHANGES = {
     "probe_size": "the stored probe set has that many samples (a different size would mix "
@@ -241,6 +248,14 @@ class KramersCallback(Callback):
         noise_stride: the running estimator takes one window out of every ``noise_stride``
             (``1``: every step). Its per-step cost is ``O(d)``, small but not free next to a
             tiny model's step; a few windows per epoch are enough between estimates.
+        check_finite: stop training (:attr:`~kramers_callback.stopping.StopReason.NON_FINITE_LOSS`)
+            at the end of an epoch with a NaN or infinite training loss, as EarlyStopping's
+            ``check_finite`` does; ``False``: keep training at the last good settings (one
+            warning per such epoch). Either way that epoch's estimate metrics are NaN, its
+            temperature too, and its history entry's ``reason`` is "non-finite training loss".
+        strict: with a ``monitor``, raise a ``RuntimeError`` naming the metrics available at
+            the first validation end (or, without validation, epoch end) that lacks it;
+            ``False``: warn once and let the stop rule run without the monitor's guard.
         verbose: log each estimate and each deferral at INFO level.
 
     Attributes:
@@ -280,6 +295,8 @@ class KramersCallback(Callback):
         batch_size_attr: str = "batch_size",
         noise_window: int = 2,
         noise_stride: int = 16,
+        check_finite: bool = True,
+        strict: bool = True,
         verbose: bool = True,
     ) -> None:
         super().__init__()
@@ -342,6 +359,12 @@ class KramersCallback(Callback):
         self.batch_size_attr = batch_size_attr
         self.noise_window = check_positive_int("noise_window", noise_window, minimum=2)
         self.noise_stride = check_positive_int("noise_stride", noise_stride)
+        if not isinstance(check_finite, bool):
+            raise ValueError(f"check_finite must be a bool, got {check_finite!r}")
+        self.check_finite = check_finite
+        if not isinstance(strict, bool):
+            raise ValueError(f"strict must be a bool, got {strict!r}")
+        self.strict = strict
         self.verbose = bool(verbose)
         self._cooling_factor = cooling_factor(max_change=self.max_change)
         self._equilibrium_signal = EquilibriumSignal(factor=self._cooling_factor)
@@ -390,6 +413,7 @@ class KramersCallback(Callback):
         self._running: RunningNoiseEstimator | None = None
         self._running_skipped = False
         self._trace_warned = False
+        self._monitor_warned = False
         self._restored_epoch: dict[str, Any] | None = None
         self._external_accumulation = False
         self._reload_pending = False
@@ -939,7 +963,8 @@ class KramersCallback(Callback):
         loss_finite: bool,
     ) -> Observation:
         """What this epoch end's decision sees. The temperature now: a fresh estimate, else
-        the running two-batch noise, else the last good estimate rescaled to ``η`` and ``B``."""
+        (after a non-finite training loss: none) the running two-batch noise, else the last
+        good estimate rescaled to ``η`` and ``B``."""
         assert self._layout is not None
         batch = self._layout.samples_per_step
         momentum, damping = optim_io.momentum_of(optimizer)
@@ -953,6 +978,8 @@ class KramersCallback(Callback):
         dataset_size = size if size is not None and 1 < size and batch <= size else None
         if fresh is not None and fresh.ok:
             noise_trace, source = fresh.noise_trace, "estimate"
+        elif not loss_finite:  # older numbers would read as current after a NaN loss
+            noise_trace, source = math.nan, "none"
         elif all_finite(running["noise_trace"]) and running["noise_trace"] > 0:
             noise_trace, source = running["noise_trace"], "running"
         elif good is not None:
@@ -973,6 +1000,8 @@ class KramersCallback(Callback):
         if self.monitor is not None:
             value = trainer.callback_metrics.get(self.monitor)
             monitor = None if value is None else float(value)
+            if value is None and not _validates(trainer):
+                self._check_monitor(trainer, "training epoch")
         horizon = self._horizon(trainer)
         return Observation(
             epoch=trainer.current_epoch,
@@ -994,6 +1023,28 @@ class KramersCallback(Callback):
             loss_blocks=tuple(self._dwell.blocks),
             first_dwell=self._first_dwell,
         )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check_monitor(trainer, "validation")
+
+    def _check_monitor(self, trainer: pl.Trainer, where: str) -> None:
+        """EarlyStopping's ``strict``: a ``monitor`` that is never logged would leave the stop
+        rule's guard silently open, so say so at the first chance, naming what is logged."""
+        if self.monitor is None or self.monitor in trainer.callback_metrics:
+            return
+        if self._monitor_warned:
+            return
+        available = sorted(trainer.callback_metrics)
+        message = (
+            f"KramersCallback: monitor={self.monitor!r} is not among the metrics logged by the "
+            f"end of this {where} (available: {available}), so the stop rule cannot check it. "
+            f"Log it (self.log({self.monitor!r}, ...)) or pass monitor=None"
+        )
+        if self.strict:
+            raise RuntimeError(message + "; strict=False only warns.")
+        self._monitor_warned = True
+        rank_zero_warn(message + "; until it appears the stop rule runs without it. Warned once.")
 
     def _horizon(self, trainer: pl.Trainer) -> Horizon:
         """The budget left: ``max_epochs`` fixes the samples left, ``max_steps`` the steps
@@ -1021,7 +1072,7 @@ class KramersCallback(Callback):
             compute_cost=self.compute_cost,
             factor=self._cooling_factor,
         )
-        if regime.record.reason == "non-finite training loss":
+        if regime.record.reason == "non-finite training loss" and not self.check_finite:
             rank_zero_warn(
                 f"KramersCallback: non-finite training loss in epoch {observation.epoch}: "
                 "decision skipped, keeping the last good settings."
@@ -1032,7 +1083,10 @@ class KramersCallback(Callback):
         """Seed 6.3's rule on the measured pathways, once nothing is left to gain from
         cooling (docs/theory.md, "The equilibrium regime"); any rank stopping stops all."""
         stop = False
-        if observation.hold_reason() is None and observation.loss_finite:
+        if self.check_finite and not observation.loss_finite:
+            self.termination.stop_non_finite(observation.epoch + 1)
+            stop = True
+        elif observation.hold_reason() is None and observation.loss_finite:
             good = observation.last_good
             stop = self.termination.check(
                 rate=good.escape_rate if good is not None else 0.0,

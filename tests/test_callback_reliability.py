@@ -16,6 +16,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 import kramers_callback.callback as callback_module
 from kramers_callback.callback import KramersCallback
+from kramers_callback.stopping import StopReason
 
 QUICK = dict(
     probe_size=64,
@@ -120,7 +121,7 @@ def test_a_second_fit_starts_afresh_and_a_resume_continues(tmp_path):
 # -- 2, 3. resume with changed arguments ----------------------------------------------------
 def checkpoint_after_two_epochs(tmp_path, **kwargs):
     cb = KramersCallback("hybrid", **{**QUICK, **kwargs})
-    t, _, _ = fit_blobs(cb)
+    t, _, _ = fit_blobs(cb, limit_val_batches=1.0)
     path = tmp_path / "two.ckpt"
     t.save_checkpoint(path)
     return cb, path
@@ -197,3 +198,75 @@ def test_a_resume_applies_other_changed_arguments_from_then_on(tmp_path, caplog,
         assert len(resumed.last_estimate.eigenvalues) == 2
     if name == "lr_min":  # the clamp of the new value: η never below 0.1 from the resume on
         assert resumed.history[-1]["lr"] >= 0.1
+
+
+# -- 7. a non-finite training loss -----------------------------------------------------------
+STALE = ("kramers/lambda_max", "kramers/escape_rate", "kramers/converged", "kramers/temperature")
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_a_nan_training_loss_shows_the_estimate_missing(caplog, check_finite):
+    cb = KramersCallback("hybrid", check_finite=check_finite, **QUICK)
+    module = TinyClassifier(nan_at_step=14)  # in epoch 1 (12 steps per epoch): parameters NaN
+    with caplog.at_level("INFO"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t, _, _ = fit_blobs(cb, epochs=4, module=module)
+    good, *bad = cb.history
+    assert good["estimate"] == "ok" and math.isfinite(good["metrics"]["kramers/lambda_max"])
+    for entry in bad:
+        assert entry["reason"] == "non-finite training loss" and entry["noise_source"] == "none"
+        assert math.isnan(entry["temperature"])
+        assert all(math.isnan(entry["metrics"][name]) for name in STALE)
+        assert (entry["lr"], entry["batch_size"]) == (good["lr"], good["batch_size"])
+    assert all(math.isnan(float(t.callback_metrics[name])) for name in STALE)
+    stops = [r.getMessage() for r in caplog.records if "stopped training" in r.getMessage()]
+    skipped = [w for w in caught if "decision skipped" in str(w.message)]
+    if check_finite:
+        assert cb.stop_reason is StopReason.NON_FINITE_LOSS and StopReason("non_finite_loss")
+        assert len(bad) == 1 and t.current_epoch == 2 and not skipped
+        assert stops == [
+            "KramersCallback stopped training after 2 epochs: a training loss of the last epoch "
+            "was not finite (NaN or inf), so the parameters are no longer usable (pass "
+            "check_finite=False to keep training at the last good settings)."
+        ]
+    else:
+        assert cb.stop_reason is StopReason.NOT_STOPPED and len(bad) == 3 and not stops
+        assert len(skipped) == 3
+
+
+# -- 6. a monitor that is never logged ------------------------------------------------------
+class Validated(TinyClassifier):
+    """Logs ``val_loss`` at validation (TinyClassifier's), and nothing else."""
+
+
+@pytest.mark.parametrize("validation", [True, False])
+def test_a_monitor_never_logged_is_an_error_with_strict(validation):
+    kwargs = dict(limit_val_batches=1.0) if validation else {}
+    cb = KramersCallback("hybrid", monitor="val_acc", **QUICK)
+    with pytest.raises(RuntimeError) as err:
+        fit_blobs(cb, **kwargs)
+    where = "validation" if validation else "training epoch"
+    available = ["val_loss"] if validation else []
+    assert str(err.value) == (
+        f"KramersCallback: monitor='val_acc' is not among the metrics logged by the end of this "
+        f"{where} (available: {available}), so the stop rule cannot check it. Log it "
+        "(self.log('val_acc', ...)) or pass monitor=None; strict=False only warns."
+    )
+    assert cb.history == []  # at the first chance: before the first decision
+
+
+def test_a_monitor_never_logged_warns_once_without_strict():
+    cb = KramersCallback("hybrid", monitor="val_acc", strict=False, **QUICK)
+    with pytest.warns(UserWarning, match="monitor='val_acc' is not among") as caught:
+        fit_blobs(cb, epochs=3, limit_val_batches=1.0)
+    assert sum("val_acc" in str(w.message) for w in caught) == 1 and len(cb.history) == 3
+    with pytest.raises(ValueError, match="strict must be a bool, got 'yes'"):
+        KramersCallback(strict="yes")
+    with pytest.raises(ValueError, match="check_finite must be a bool, got 1"):
+        KramersCallback(check_finite=1)
+
+
+def test_a_monitor_logged_at_validation_raises_nothing():
+    cb = KramersCallback("hybrid", monitor="val_loss", **QUICK)
+    fit_blobs(cb, limit_val_batches=1.0, check_val_every_n_epoch=2)  # missing at epoch 0: fine
+    assert len(cb.history) == 2
