@@ -79,14 +79,16 @@ class EstimateSize:
         return n * (HVP_PASSES * products + GRADIENT_PASSES) + n * forwards_per_batch
 
     def shrunk(self) -> EstimateSize:
-        """One step down the ladder: half the probe, one fewer eigenpair, half the products and
-        scan evaluations, no trace (it is logged, never used by a decision); floors at ``MIN_*``."""
+        """One step down the ladder: half the probe, one fewer eigenpair (about half of them
+        from five on, so that the ladder has ``O(log top_k)`` rungs whatever ``top_k`` is), half
+        the products and scan evaluations, no trace (it is logged, never used by a decision);
+        floors at ``MIN_*``."""
         probe = max(min(self.probe_size, MIN_PROBE), self.probe_size // 2)
         return replace(
             self,
             probe_size=probe,
             probe_batch_size=min(self.probe_batch_size, probe),
-            top_k=max(1, self.top_k - 1),
+            top_k=max(1, min(self.top_k - 1, self.top_k // 2 + 1)),
             max_products=max(min(self.max_products, MIN_PRODUCTS), self.max_products // 2),
             compute_trace=False,
             max_trace_samples=max(

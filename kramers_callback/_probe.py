@@ -75,6 +75,12 @@ def move_batch(batch: Any, device: torch.device, dtype: torch.dtype | None = Non
     return map_leaves(batch, move)
 
 
+def estimation_dtype(parameter_dtype: torch.dtype) -> torch.dtype:
+    """The dtype an estimate runs in: the parameters' float32 or float64, else float32 (a
+    half-precision model is measured in float32: eigensolvers need its mantissa)."""
+    return parameter_dtype if parameter_dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def batch_size_of(batch: Any) -> int:
     """The leading dimension of the first tensor found in a (nested) batch."""
     if isinstance(batch, Tensor):
@@ -152,9 +158,7 @@ class ProbeLoss:
         self.numels = [p.numel() for _, p in named]
         first = named[0][1]
         self.device = first.device
-        if dtype is None:
-            dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
-        self.dtype = dtype
+        self.dtype = dtype = estimation_dtype(first.dtype) if dtype is None else dtype
         self.module = _LossModule(model, loss_fn)
         self.per_sample = not isinstance(loss_fn, BatchMeanLoss)
         theta0 = torch.cat([p.detach().reshape(-1).to(dtype) for _, p in named])

@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, GradientAccumulationScheduler
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.model_helpers import is_overridden
 from pytorch_lightning.utilities.parsing import lightning_getattr
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -46,7 +47,7 @@ from kramers_callback._callback_state import (
 )
 from kramers_callback._loss_blocks import Dwell, LossBlocks
 from kramers_callback._probe import LossFn, batch_size_of
-from kramers_callback._probe_set import ProbeSet
+from kramers_callback._probe_set import ProbeSet, training_conversion
 from kramers_callback._validation import (
     all_finite,
     check_choice,
@@ -100,6 +101,22 @@ _ESTIMATE_OPTIONS = (
     "centre_probe",
 )
 
+def _validates(trainer: pl.Trainer) -> bool:
+    """Whether this fit can run a validation loop (a ``validation_step`` and batches to run)."""
+    module = trainer.lightning_module
+    return bool(trainer.limit_val_batches) and is_overridden("validation_step", module)
+
+
+_REFUSED_CHANGES = {
+    "probe_size": "the stored probe set has that many samples (a different size would mix "
+    "the stored draw with the new setting)",
+    "monitor": "the stop rule's stored best value and patience count belong to that metric",
+    "mode": "the stop rule's stored best value was ranked in that mode",
+}
+"""Arguments a resume refuses to change, with why (the checkpoint's state depends on them)."""
+_APPLIED_CHANGES = ("probe_seed", "top_k", "lr_min", "lr_max", "overhead_budget")
+"""Arguments (with ``policy``) whose change on a resume applies from the resume on."""
+
 
 class KramersCallback(Callback):
     r"""Anneal SGD's temperature by the Kramers escape rate; grow the batch; stop when done.
@@ -107,9 +124,12 @@ class KramersCallback(Callback):
     At the end of each training epoch the callback measures, on a fixed seeded probe set drawn
     from the training data, the batch-noise temperature ``T``, the Hessian's extreme
     eigenvalues and the barriers along the escape directions (:func:`kramers_callback.estimate`,
-    warm-started from the previous estimate, in float32 outside autocast, model in eval mode
-    and left exactly as found). Between estimates (when the overhead budget spaces them) a
-    running two-batch noise estimate from the training gradients keeps ``T`` current. Then:
+    warm-started from the previous estimate, in float32 (float64 for a float64 model) outside
+    autocast, model in eval mode and left exactly as found; the probe batches go through the
+    precision plugin's ``convert_input`` as training batches do, so under ``"64-true"`` they
+    are float64 and under ``"bf16-true"`` the bfloat16-rounded data, measured in float32). Between
+    estimates (when the overhead budget spaces them) a running two-batch noise estimate from
+    the training gradients keeps ``T`` current. Then:
 
     .. math::
 
@@ -176,6 +196,29 @@ class KramersCallback(Callback):
     eigenvectors and the state of the epoch in progress (sample counts, loss sum, running noise
     sums), so a resume decides as the uninterrupted run would, also from a checkpoint written
     inside an epoch (e.g. by a ModelCheckpoint after a ``val_check_interval`` validation).
+    The checkpoint key is the class name, the same whatever the arguments (a 0.x checkpoint,
+    keyed by ``policy`` and ``probe_seed``, is still read). A resume with changed arguments:
+
+    ===================  ===================================================================
+    argument             on resume
+    ===================  ===================================================================
+    ``policy``           applies from now on; history, probe, budget and stop rule carry
+                         over; a knob the new policy does not own is the user's again (the
+                         loader's ``batch_size``, the Trainer's accumulation), the learning
+                         rate is the checkpointed optimizer's
+    ``probe_seed``       the stored probe set is kept (one warning says so); the new seed
+                         seeds the estimators' random draws from now on
+    ``top_k``            applies from now on (the warm start keeps the eigenvectors it fits)
+    ``lr_min/lr_max``    apply from now on (clamps of each decision)
+    ``overhead_budget``  applies from now on; the credit earned so far carries over
+    ``probe_size``       refused (``MisconfigurationException``): the stored probe has that
+                         many samples
+    ``monitor/mode``     refused: the stop rule's stored best value belongs to them
+    ===================  ===================================================================
+
+    Other arguments apply from now on. One instance passed to a second ``fit`` starts that run
+    afresh (history, budget, stop rule, probe), unless the fit resumes from a checkpoint
+    (``ckpt_path``), whose state continues.
 
     Cost: per optimizer step ``O(1)``, plus ``O(d)`` on the steps of a sampled noise window;
     per estimate see :func:`kramers_callback.estimate` (kept within ``overhead_budget`` of the
@@ -212,6 +255,14 @@ class KramersCallback(Callback):
         noise_stride: the running estimator takes one window out of every ``noise_stride``
             (``1``: every step). Its per-step cost is ``O(d)``, small but not free next to a
             tiny model's step; a few windows per epoch are enough between estimates.
+        check_finite: stop training (:attr:`~kramers_callback.stopping.StopReason.NON_FINITE_LOSS`)
+            at the end of an epoch with a NaN or infinite training loss, as EarlyStopping's
+            ``check_finite`` does; ``False``: keep training at the last good settings (one
+            warning per such epoch). Either way that epoch's estimate metrics are NaN, its
+            temperature too, and its history entry's ``reason`` is "non-finite training loss".
+        strict: with a ``monitor``, raise a ``RuntimeError`` naming the metrics available at
+            the first validation end (or, without validation, epoch end) that lacks it;
+            ``False``: warn once and let the stop rule run without the monitor's guard.
         verbose: log each estimate and each deferral at INFO level.
 
     Attributes:
@@ -251,6 +302,8 @@ class KramersCallback(Callback):
         batch_size_attr: str = "batch_size",
         noise_window: int = 2,
         noise_stride: int = 16,
+        check_finite: bool = True,
+        strict: bool = True,
         verbose: bool = True,
     ) -> None:
         super().__init__()
@@ -313,8 +366,22 @@ class KramersCallback(Callback):
         self.batch_size_attr = batch_size_attr
         self.noise_window = check_positive_int("noise_window", noise_window, minimum=2)
         self.noise_stride = check_positive_int("noise_stride", noise_stride)
+        if not isinstance(check_finite, bool):
+            raise ValueError(f"check_finite must be a bool, got {check_finite!r}")
+        self.check_finite = check_finite
+        if not isinstance(strict, bool):
+            raise ValueError(f"strict must be a bool, got {strict!r}")
+        self.strict = strict
         self.verbose = bool(verbose)
+        self._cooling_factor = cooling_factor(max_change=self.max_change)
+        self._equilibrium_signal = EquilibriumSignal(factor=self._cooling_factor)
+        self._fitted = False
+        self._reset_fit_state()
 
+    # -- state -------------------------------------------------------------------------------
+    def _reset_fit_state(self) -> None:
+        """Everything one fit accumulates: a new fit starts from here, a resume from the
+        checkpoint's state (``load_state_dict`` runs after ``setup``)."""
         self.termination = TerminationRule(
             compute_cost=self.compute_cost,
             min_epochs=self.min_epochs,
@@ -324,13 +391,10 @@ class KramersCallback(Callback):
             use_monitor=self.monitor is not None,
         )
         self.budget = OverheadBudget(self.overhead_budget, self.full_size)
-        self._cooling_factor = cooling_factor(max_change=self.max_change)
-        self._equilibrium_signal = EquilibriumSignal(factor=self._cooling_factor)
         self.history: list[dict[str, Any]] = []
         self.last_estimate: KramersEstimate | None = None
         self._reset_run_state()
 
-    # -- state -------------------------------------------------------------------------------
     def _reset_run_state(self) -> None:
         self._loss: LossFn | None = None
         self._probe = ProbeSet(self.probe_size, self.probe_seed)
@@ -356,6 +420,7 @@ class KramersCallback(Callback):
         self._running: RunningNoiseEstimator | None = None
         self._running_skipped = False
         self._trace_warned = False
+        self._monitor_warned = False
         self._restored_epoch: dict[str, Any] | None = None
         self._external_accumulation = False
         self._reload_pending = False
@@ -373,20 +438,66 @@ class KramersCallback(Callback):
     def stop_reason(self) -> StopReason:
         return self.termination.reason
 
-    @property
-    def state_key(self) -> str:
-        # Lightning reads this at every hook call: build it once.
-        key = self.__dict__.get("_state_key")
-        if key is None:
-            key = self._generate_state_key(policy=self.policy.value, probe_seed=self.probe_seed)
-            self.__dict__["_state_key"] = key
-        return key
+    # The state key is Lightning's default, the class name: stable across arguments, so a
+    # resume with changed arguments finds its state (see the class docstring for which apply).
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Read a checkpoint written under the 0.x key ``KramersCallback{'policy': ...,
+        'probe_seed': ...}`` (called before ``load_state_dict``, on the same dict)."""
+        states = checkpoint.get("callbacks")
+        if not isinstance(states, dict) or self.state_key in states:
+            return
+        legacy = [k for k in states if isinstance(k, str) and k.startswith(self.state_key + "{")]
+        if len(legacy) == 1:
+            states[self.state_key] = states.pop(legacy[0])
+
+    def _arguments(self) -> dict[str, Any]:
+        """The arguments a resume compares with the checkpoint's
+        (:data:`_REFUSED_CHANGES`, :data:`_APPLIED_CHANGES`)."""
+        names = (*_REFUSED_CHANGES, *_APPLIED_CHANGES)
+        values = {name: getattr(self, name) for name in names if name != "top_k"}
+        return {**values, "top_k": self.full_size.top_k, "policy": self.policy.value}
+
+    def _check_resumed_arguments(self, stored: dict[str, Any] | None, probe: bool) -> None:
+        """Refuse the changes a resume cannot honour; say which changes apply from now on."""
+        if not stored:
+            return  # a checkpoint from before the arguments were stored
+        now = self._arguments()
+        for name in _REFUSED_CHANGES:
+            if name == "mode" and now["monitor"] is None:
+                continue  # without a monitor the mode is never read
+            if name in stored and stored[name] != now[name]:
+                raise MisconfigurationException(
+                    f"KramersCallback: cannot resume with {name}={now[name]!r}: the checkpoint "
+                    f"was written with {name}={stored[name]!r}, and {_REFUSED_CHANGES[name]}. "
+                    f"Resume with {name}={stored[name]!r}, or start a new run without ckpt_path."
+                )
+        if probe and "probe_seed" in stored and stored["probe_seed"] != now["probe_seed"]:
+            rank_zero_warn(
+                f"KramersCallback: resuming with probe_seed={now['probe_seed']} from a checkpoint "
+                f"written with probe_seed={stored['probe_seed']}: the stored probe set (drawn "
+                f"with {stored['probe_seed']}) is kept, so estimates stay comparable; the new "
+                "seed seeds the estimators' random draws from now on."
+            )
+        changed = [
+            f"{name}: {stored[name]!r} -> {now[name]!r}"
+            for name in ("policy", *_APPLIED_CHANGES)
+            if name in stored and stored[name] != now[name]
+        ]
+        if changed and self.verbose:
+            rank_zero_info(
+                "KramersCallback: resuming with changed arguments, which apply from now on ("
+                + "; ".join(changed)
+                + "); the history, probe, budget and stop rule carry over."
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python values and tensors only, so it loads under ``weights_only=True``."""
         warm, good, indices = self._warm, self._last_good, self._probe.indices
         return {
             "version": STATE_VERSION,
+            "arguments": self._arguments(),
             "probe_indices": list(indices) if indices else None,
             "initial_lr": self._initial_lr,
             "initial_batch": self._initial_batch,
@@ -409,6 +520,8 @@ class KramersCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = state_dict
         indices = state.get("probe_indices")
+        self._check_resumed_arguments(state.get("arguments"), probe=indices is not None)
+        self._fitted = False  # the next fit continues this state
         self._probe.indices = None if indices is None else [int(i) for i in indices]
         self._initial_lr = state.get("initial_lr")
         self._initial_batch = state.get("initial_batch")
@@ -464,6 +577,10 @@ class KramersCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if self._fitted:
+            # A second fit of this instance starts afresh (its history, budget, stop rule and
+            # probe), unless it resumes: load_state_dict then restores them after setup.
+            self._reset_fit_state()
         checks.check_fit_loop(trainer, pl_module)
         self._external_accumulation = any(
             isinstance(c, GradientAccumulationScheduler) for c in trainer.callbacks
@@ -493,6 +610,7 @@ class KramersCallback(Callback):
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fitted = True
         kind = checks.check_optimizer(trainer)
         self._adaptive = kind == optim_io.ADAPTIVE
         if self._adaptive and not self._adaptive_warned:
@@ -530,7 +648,7 @@ class KramersCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = checks.check_train_loader(trainer.train_dataloader)
         self._dataset_size = len(loader.dataset)  # type: ignore[arg-type]
-        self._probe.build(loader)
+        self._probe.build(loader, training_conversion(trainer, pl_module))
         world = self._world_size = trainer.world_size
         self._note_loader(loader)
         mechanism = self._mechanism or BatchMechanism.ACCUMULATION
@@ -884,7 +1002,8 @@ class KramersCallback(Callback):
         loss_finite: bool,
     ) -> Observation:
         """What this epoch end's decision sees. The temperature now: a fresh estimate, else
-        the running two-batch noise, else the last good estimate rescaled to ``η`` and ``B``."""
+        (after a non-finite training loss: none) the running two-batch noise, else the last
+        good estimate rescaled to ``η`` and ``B``."""
         assert self._layout is not None
         batch = self._layout.samples_per_step
         momentum, damping = optim_io.momentum_of(optimizer)
@@ -898,6 +1017,8 @@ class KramersCallback(Callback):
         dataset_size = size if size is not None and 1 < size and batch <= size else None
         if fresh is not None and fresh.ok:
             noise_trace, source = fresh.noise_trace, "estimate"
+        elif not loss_finite:  # older numbers would read as current after a NaN loss
+            noise_trace, source = math.nan, "none"
         elif all_finite(running["noise_trace"]) and running["noise_trace"] > 0:
             noise_trace, source = running["noise_trace"], "running"
         elif good is not None:
@@ -918,6 +1039,8 @@ class KramersCallback(Callback):
         if self.monitor is not None:
             value = trainer.callback_metrics.get(self.monitor)
             monitor = None if value is None else float(value)
+            if value is None and not _validates(trainer):
+                self._check_monitor(trainer, "training epoch")
         horizon = self._horizon(trainer)
         return Observation(
             epoch=trainer.current_epoch,
@@ -940,6 +1063,28 @@ class KramersCallback(Callback):
             first_dwell=self._first_dwell,
         )
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check_monitor(trainer, "validation")
+
+    def _check_monitor(self, trainer: pl.Trainer, where: str) -> None:
+        """EarlyStopping's ``strict``: a ``monitor`` that is never logged would leave the stop
+        rule's guard silently open, so say so at the first chance, naming what is logged."""
+        if self.monitor is None or self.monitor in trainer.callback_metrics:
+            return
+        if self._monitor_warned:
+            return
+        available = sorted(trainer.callback_metrics)
+        message = (
+            f"KramersCallback: monitor={self.monitor!r} is not among the metrics logged by the "
+            f"end of this {where} (available: {available}), so the stop rule cannot check it. "
+            f"Log it (self.log({self.monitor!r}, ...)) or pass monitor=None"
+        )
+        if self.strict:
+            raise RuntimeError(message + "; strict=False only warns.")
+        self._monitor_warned = True
+        rank_zero_warn(message + "; until it appears the stop rule runs without it. Warned once.")
+
     def _horizon(self, trainer: pl.Trainer) -> Horizon:
         """The budget left: ``max_epochs`` fixes the samples left, ``max_steps`` the steps
         left (:class:`~kramers_callback.observation.Horizon`)."""
@@ -949,7 +1094,7 @@ class KramersCallback(Callback):
             samples_left = (max_epochs - (trainer.current_epoch + 1)) * self._samples_per_epoch
         if trainer.max_steps is not None and trainer.max_steps >= 0:
             steps_left = float(trainer.max_steps - trainer.global_step)
-        return Horizon(self._samples_seen, samples_left, steps_left)
+        return Horizon(self._samples_seen, samples_left, steps_left, trainer.global_step)
 
     def _choose(self, trainer: pl.Trainer, observation: Observation) -> RegimeDecision:
         """The signals' readings, the phase and the policy's decision, or why the knobs are
@@ -966,7 +1111,7 @@ class KramersCallback(Callback):
             compute_cost=self.compute_cost,
             factor=self._cooling_factor,
         )
-        if regime.record.reason == "non-finite training loss":
+        if regime.record.reason == "non-finite training loss" and not self.check_finite:
             rank_zero_warn(
                 f"KramersCallback: non-finite training loss in epoch {observation.epoch}: "
                 "decision skipped, keeping the last good settings."
@@ -977,7 +1122,10 @@ class KramersCallback(Callback):
         """Seed 6.3's rule on the measured pathways, once nothing is left to gain from
         cooling (docs/theory.md, "The equilibrium regime"); any rank stopping stops all."""
         stop = False
-        if observation.hold_reason() is None and observation.loss_finite:
+        if self.check_finite and not observation.loss_finite:
+            self.termination.stop_non_finite(observation.epoch + 1)
+            stop = True
+        elif observation.hold_reason() is None and observation.loss_finite:
             good = observation.last_good
             stop = self.termination.check(
                 rate=good.escape_rate if good is not None else 0.0,

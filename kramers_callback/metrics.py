@@ -7,6 +7,7 @@ record in, plain floats out); :func:`publish` is the Lightning glue.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -15,7 +16,14 @@ import torch
 from kramers_callback.observation import Observation
 from kramers_callback.regime import RegimeDecision
 
-__all__ = ["METRICS", "PROGRESS_BAR", "epoch_metrics", "history_entry", "publish"]
+__all__ = [
+    "ESTIMATE_METRICS",
+    "METRICS",
+    "PROGRESS_BAR",
+    "epoch_metrics",
+    "history_entry",
+    "publish",
+]
 
 METRICS = (
     "kramers/temperature",
@@ -42,6 +50,20 @@ METRICS = (
 target, lr, batch size, noise scale) and the regime's (equilibrium statistic, phase, noise
 floor, cooling gain, coldest temperature) are logged again."""
 PROGRESS_BAR = ("kramers/temperature", "kramers/escape_rate")
+ESTIMATE_METRICS = (
+    "kramers/lambda_max",
+    "kramers/lambda_min",
+    "kramers/hessian_trace",
+    "kramers/barrier",
+    "kramers/escape_rate",
+    "kramers/escape_time",
+    "kramers/expected_escapes",
+    "kramers/estimate_seconds",
+    "kramers/converged",
+    "kramers/trace_converged",
+)
+"""The numbers only an estimate gives: NaN at an epoch end whose estimate failed or whose
+training loss was not finite (never the last good values, which would read as current)."""
 
 
 def epoch_metrics(
@@ -55,7 +77,8 @@ def epoch_metrics(
     estimates_deferred: int,
 ) -> dict[str, float]:
     """The metrics of one epoch end: the decision's own, the fresh estimate's numbers where
-    one was measured, and the overhead budget's counters. ``lr`` and ``batch_size`` are the
+    one was measured (NaN for :data:`ESTIMATE_METRICS` where it failed, or the training loss
+    was not finite), and the overhead budget's counters. ``lr`` and ``batch_size`` are the
     settings after the decision. ``kramers/phase`` is the
     :class:`~kramers_callback.regime.Phase` value: 0 descending, 1 thermalized, 2 trapped.
     Cost: O(number of metrics)."""
@@ -92,6 +115,8 @@ def epoch_metrics(
                 "kramers/estimate_work": float(estimate_work),
             }
         )
+    elif fresh is not None or not observation.loss_finite:
+        metrics.update(dict.fromkeys(ESTIMATE_METRICS, math.nan))
     metrics["kramers/overhead"] = overhead
     metrics["kramers/estimates_deferred"] = float(estimates_deferred)
     return {k: float(v) for k, v in metrics.items()}

@@ -182,18 +182,29 @@ class Horizon:
     changes; docs/theory.md section 4.3).
 
     ``samples_left`` comes from ``max_epochs`` (``inf`` without), ``steps_left`` from
-    ``max_steps`` (``inf`` without); the tighter one wins.
+    ``max_steps`` (``inf`` without); the tighter one wins. Where ``max_steps`` wins, the clock
+    counts optimizer steps (``steps_done``, Lightning's ``global_step``): an epoch's last,
+    smaller batch is a whole step, so ``samples seen / B`` would fall short of the steps taken
+    and ``τ`` below ``max_steps``.
     """
 
     samples_seen: int
     samples_left: float = math.inf
     steps_left: float = math.inf
+    steps_done: float | None = None
+    """Optimizer steps taken (``None``: count in samples only)."""
 
     def clock(self, batch_size: int) -> Clock:
         r""":math:`R = \max(0, \min(S_\text{left}/B, \text{steps left}))`,
-        :math:`t = \max(S_\text{seen}/B, 1)`, :math:`\tau = t + R`. Cost: O(1)."""
-        remaining = max(min(self.samples_left / batch_size, self.steps_left), 0.0)
-        step = max(self.samples_seen / batch_size, 1.0)
+        :math:`t = \max(S_\text{seen}/B, 1)`, :math:`\tau = t + R`; where the steps bound
+        is the tighter one and ``steps_done`` is known, :math:`t = \max(\text{steps done}, 1)`
+        (so :math:`\tau` = ``max_steps``). Cost: O(1)."""
+        by_samples = self.samples_left / batch_size
+        remaining = max(min(by_samples, self.steps_left), 0.0)
+        if self.steps_done is not None and self.steps_left < by_samples:
+            step = max(float(self.steps_done), 1.0)
+        else:
+            step = max(self.samples_seen / batch_size, 1.0)
         return Clock(step=step, horizon=step + remaining, remaining=remaining)
 
 

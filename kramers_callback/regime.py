@@ -167,9 +167,10 @@ def choose(
     - otherwise (descending, or nothing worth cooling for): no target, so the policy holds
       every knob but the stability clamp.
 
-    A bad estimate or no finite temperature holds everything
-    (:meth:`~kramers_callback.observation.Observation.hold_reason`); so does a non-finite
-    training loss. Cost: that of :func:`~kramers_callback.controller.decide`.
+    A non-finite training loss holds everything (its reason first: it is also why an estimate
+    fails); so does a bad estimate or no finite temperature
+    (:meth:`~kramers_callback.observation.Observation.hold_reason`). Cost: that of
+    :func:`~kramers_callback.controller.decide`.
     """
     trapped = target is not None and target.now is not None
     phase = classify_phase(trapped=trapped, thermalized=equilibrium.thermalized)
@@ -188,14 +189,14 @@ def choose(
     def regime(record: DecisionRecord) -> RegimeDecision:
         return RegimeDecision(record, phase, equilibrium, value, coldest, settled)
 
-    hold = observation.hold_reason()
-    if hold is not None:
-        return regime(DecisionRecord(reason=hold))
     now = target.now if target is not None else None
     critical = math.nan if now is None else now.critical_temperature
     target_now = math.nan if now is None else now.temperature
-    if not observation.loss_finite:
+    if not observation.loss_finite:  # the cause of a failed estimate too: name it first
         return regime(DecisionRecord("non-finite training loss", critical, target_now))
+    hold = observation.hold_reason()
+    if hold is not None:
+        return regime(DecisionRecord(reason=hold))
     if trapped:
         assert target is not None
         goal, why = target.temperature, None

@@ -27,6 +27,9 @@ class StopReason(enum.Enum):
     COOLING_NOT_WORTH = "cooling_not_worth"
     """Thermalized, what cooling could still remove is below ``1/c`` of the training loss, and
     ``k·R·c < 1`` on the measured pathways, for ``patience`` consecutive checks."""
+    NON_FINITE_LOSS = "non_finite_loss"
+    """A training loss of the epoch was NaN or infinite (the parameters are lost, as
+    EarlyStopping's ``check_finite`` assumes); with ``check_finite=True`` only."""
 
 
 _LEGACY_REASONS = {"escapes_exhausted": StopReason.COOLING_NOT_WORTH.value}
@@ -157,6 +160,19 @@ class TerminationRule:
             )
             return True
         return False
+
+    def stop_non_finite(self, epochs_completed: int) -> None:
+        """Stop now for a non-finite training loss (:attr:`StopReason.NON_FINITE_LOSS`),
+        unless already stopped."""
+        if self.reason is not StopReason.NOT_STOPPED:
+            return
+        self.reason = StopReason.NON_FINITE_LOSS
+        self.stopped_epoch = epochs_completed
+        self.message = (
+            f"KramersCallback stopped training after {epochs_completed} epochs: a training loss "
+            "of the last epoch was not finite (NaN or inf), so the parameters are no longer "
+            "usable (pass check_finite=False to keep training at the last good settings)."
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python values only (loads under ``torch.load(weights_only=True)``)."""
