@@ -16,7 +16,9 @@ budget under
   effective step and momentum (:data:`SASA_OPTIONS`); skipped, with the reason printed, where
   ``statopt`` does not import or run;
 - ``kramers_hybrid`` and ``kramers_lr``: ``KramersCallback(policy=..., compute_cost=10)``,
-  every other argument at its default (:data:`KRAMERS_OPTIONS`).
+  every other argument at its default (:data:`KRAMERS_OPTIONS`);
+- ``kramers_default``: ``KramersCallback()``, every argument at its default (``compute_cost``
+  is 0 there: it never stops, and cools down to the coldest allowed setting).
 
 Per run it records the best and final validation accuracy, epochs, optimizer steps, training
 samples (the sum of the batch sizes seen in ``on_train_batch_end``), the compute in counted
@@ -84,7 +86,7 @@ from kramers_callback.examples import (
 SCHEDULES = ("constant", "step", "cosine", "plateau", "sasa")
 """The arms that differ only in the module's ``configure_optimizers``."""
 BASELINES = ("constant", "step", "cosine", "early_stop", "plateau", "sasa")
-KRAMERS_ARMS = ("kramers_hybrid", "kramers_lr")
+KRAMERS_ARMS = ("kramers_hybrid", "kramers_lr", "kramers_default")
 METHODS = (*BASELINES, *KRAMERS_ARMS)
 
 KRAMERS_COMPUTE_COST = 10.0
@@ -94,6 +96,7 @@ cooling could still remove) is worth less than ``1/c`` of a budget's compute."""
 KRAMERS_OPTIONS: dict[str, dict[str, Any]] = {
     "kramers_hybrid": {"policy": "hybrid", "compute_cost": KRAMERS_COMPUTE_COST},
     "kramers_lr": {"policy": "lr", "compute_cost": KRAMERS_COMPUTE_COST},
+    "kramers_default": {},
 }
 """The Kramers arms' callbacks: only ``policy`` and ``compute_cost`` are chosen, everything
 else (overhead budget, probe, limits, ``max_change``, patience, no monitor) is the default."""

@@ -166,7 +166,8 @@ class OverheadBudget:
     from the budget of the whole horizon, ``β·t_epoch·(epochs done + epochs left)``, and later
     estimates wait until the credit is repaid; where not even that pays for it by the
     prediction, the smallest size runs once to measure the real cost (on a tiny data set this
-    one estimate can exceed ``β``: ``kramers/overhead`` shows it). ``β = inf`` estimates at full size every time.
+    one estimate can exceed ``β``: ``kramers/overhead`` shows it). ``β = inf`` estimates at
+    full size every time.
 
     Because it runs on measured time, two runs on differently loaded machines may space their
     estimates differently; under DDP the callback plans on rank 0's times (broadcast).

@@ -742,11 +742,6 @@ class KramersCallback(Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._validation_started = time.perf_counter()
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Validation inside an epoch is not training time: keep it out of the budget's base.
-        started = self._validation_started
-        if started is not None and not trainer.sanity_checking:
-            self._validation_seconds += time.perf_counter() - started
 
     def _epochs_left(self, trainer: pl.Trainer) -> float:
         max_epochs = trainer.max_epochs
@@ -1064,8 +1059,12 @@ class KramersCallback(Callback):
         )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._check_monitor(trainer, "validation")
+        if trainer.sanity_checking:
+            return
+        # Validation inside an epoch is not training time: keep it out of the budget's base.
+        if self._validation_started is not None:
+            self._validation_seconds += time.perf_counter() - self._validation_started
+        self._check_monitor(trainer, "validation")
 
     def _check_monitor(self, trainer: pl.Trainer, where: str) -> None:
         """EarlyStopping's ``strict``: a ``monitor`` that is never logged would leave the stop

@@ -104,6 +104,7 @@ def test_train_main_runs_the_digits_recipe_and_logs_every_metric(tmp_path):
             "--trainer.log_every_n_steps=2",
             "--kramers.probe_size=32",
             "--kramers.top_k=1",
+            "--kramers.overhead_budget=.inf",  # an estimate at every epoch end
             *QUIET,
         ]
     )
