@@ -1,11 +1,11 @@
-"""``KramersCallback``: Kramers estimates drive the annealing, the batch size and the stop rule.
+"""``KramersCallback``: the regime (descending, thermalized, trapped) sets η and B and stops.
 
 Lightning hooks and state only. Each epoch end builds an
 :class:`~kramers_callback.observation.Observation`, reads the signals
-(:mod:`kramers_callback.signals`), decides with the policy (:mod:`kramers_callback.policies`,
-:func:`kramers_callback.controller.decide`), applies the decision
+(:mod:`kramers_callback.signals`), picks the regime (:func:`kramers_callback.regime.choose`)
+and the policy's decision (:mod:`kramers_callback.policies`), applies it
 (:mod:`kramers_callback.actuators`), checks the stop rule
-(:class:`kramers_callback.stopping.TerminationRule`, seed 000 section 6.3) and logs
+(:class:`kramers_callback.stopping.TerminationRule`, docs/theory.md section 7.6) and logs
 (:mod:`kramers_callback.metrics`). The measurements are :func:`kramers_callback.estimate`
 (spaced by :class:`kramers_callback._budget.OverheadBudget`) and
 :class:`kramers_callback.noise.RunningNoiseEstimator`.
@@ -119,111 +119,78 @@ _APPLIED_CHANGES = ("probe_seed", "top_k", "lr_min", "lr_max", "overhead_budget"
 
 
 class KramersCallback(Callback):
-    r"""Anneal SGD's temperature by the Kramers escape rate; grow the batch; stop when done.
+    r"""Set SGD's temperature by its regime: anneal, cool, and stop when nothing is left to gain.
 
-    At the end of each training epoch the callback measures, on a fixed seeded probe set drawn
-    from the training data, the batch-noise temperature ``T``, the Hessian's extreme
-    eigenvalues and the barriers along the escape directions (:func:`kramers_callback.estimate`,
-    warm-started from the previous estimate, in float32 (float64 for a float64 model) outside
-    autocast, model in eval mode and left exactly as found; the probe batches go through the
-    precision plugin's ``convert_input`` as training batches do, so under ``"64-true"`` they
-    are float64 and under ``"bf16-true"`` the bfloat16-rounded data, measured in float32). Between
-    estimates (when the overhead budget spaces them) a running two-batch noise estimate from
-    the training gradients keeps ``T`` current. Then:
+    **Every training step** (no extra pass): the batch loss goes into device-side blocks, and on
+    a few sampled windows a running two-batch estimate of ``tr Σ₁`` reads the gradient.
+    **Every epoch end**, in order:
 
-    .. math::
+    1. *Estimate* when the overhead budget allows (below): on a fixed seeded probe set, the
+       temperature ``T``, the top-k and smallest Hessian eigenvalues (one warm-started Lanczos
+       run), the trace, and — once the phase is no longer descending — line scans for barriers
+       and their Kramers rates (:func:`kramers_callback.estimate`; float32, or float64 for a
+       float64 model, outside autocast, eval mode, model left exactly as found; probe batches
+       go through the precision plugin's ``convert_input`` as training batches do).
+    2. *Test equilibrium* (:class:`~kramers_callback.signals.EquilibriumSignal`): has the
+       training loss stopped falling by more than its noise and by more than a cooling step
+       would buy, ``G = (1 − r)F`` with the noise floor ``F = η_eff tr Σ_B / 4``?
+    3. *Choose the regime* (:func:`kramers_callback.regime.choose`, docs/theory.md section 7):
+       **trapped** (a pathway has a Kramers rate): the annealing target ``T*(t)`` from ``T_c``
+       (sections 4.1–4.4); **thermalized** with cooling still worth ``1/c`` of the loss: cool by
+       ``r = 1/2`` (``hybrid``: ``B`` first, up to ``batch_max``, then ``η``); otherwise
+       (**descending**, or nothing worth cooling for) hold, with the stability clamp
+       ``η < 2(1+β)/λ_max``. Every move stays within the LR and batch bounds and ``max_change``.
+    4. *Stop* (:class:`~kramers_callback.stopping.TerminationRule`, sections 4.5 and 7.6) when
+       fewer than ``1/c`` escapes are expected on the measured pathways in the remaining
+       budget **and** the walker is thermalized with no cooling worth it, for ``patience``
+       epochs (after ``min_epochs``; with a ``monitor``, only while it does not improve). A run
+       that still descends never stops by the rule; ``compute_cost=0`` never stops. A
+       non-finite training loss stops with its own reason (``check_finite``).
+    5. *Log* :data:`METRICS` into ``trainer.callback_metrics`` (also with ``logger=False``),
+       every logger and the progress bar, and append one entry to :attr:`history`; at fit end
+       the report figure goes to every logger that takes images.
 
-        T_c:\ \tau\sum_i A_i e^{-\Delta L_i/(m T_{v,i})} = 1,\ T_c = mT;\qquad
-        T^*(t) = T_c\,\frac{1 + \ln(\tau/t)}{\ln(\tau A)};\qquad
-        T \propto \frac{\eta}{B} \Rightarrow \text{change by } \frac{T^*}{T}
+    **Budget and time.** ``τ`` comes from ``max_epochs`` (as samples) or ``max_steps``,
+    whichever ends first, expressed in steps of the current ``B``. Estimates are spaced and
+    sized (:class:`kramers_callback._budget.OverheadBudget`) so that their measured time stays
+    within ``overhead_budget`` of the measured training time (the device is synchronised only
+    at the estimates' boundaries): the first comes by the end of epoch 2, at the smallest size
+    if need be, then at least every 3 epochs where the smallest size fits. Measured time makes
+    the schedule depend on the machine's load; under DDP every rank follows rank 0's times and
+    estimate (broadcast), so ranks decide alike.
 
-    (SPEC 5; seed 000 sections 5.1, 5.2, 6.2), applied by the policy within the clamps: LR
-    bounds, ``η < 2(1+β)/λ_max``, batch bounds and multiples, ``max_change`` per decision.
-    The target itself depends on the knobs (a larger ``B`` leaves fewer steps ``τ``, a larger
-    ``η`` makes more attempts ``A``), so each move solves ``T(η, B) = T*(η, B)`` along its knob
-    (:func:`~kramers_callback.controller.decide`); solving against the target of the current
-    settings instead makes batch decisions overshoot and oscillate.
-    Training stops when ``k_total·R·c < 1`` (seed 6.3) held for ``patience`` estimates.
-
-    **Budget and time.** ``τ`` comes from the Trainer's ``max_epochs`` (as samples:
-    ``max_epochs × samples per epoch``) or ``max_steps``, whichever ends first. It is counted
-    in samples and expressed in steps of the *current* batch size ``B``: ``t = samples seen / B``
-    and ``R = samples left / B``, so the remaining steps stay right when ``B`` changes.
-
-    **Batch size.** ``B = loader batch × accumulate_grad_batches × world size``. If the train
-    data comes from the LightningModule's or DataModule's ``train_dataloader()`` and they have
-    an attribute ``batch_size_attr`` that it reads, the callback sets it and the loader is
-    rebuilt at the next epoch start (``B`` in steps of ``batch_multiple × accumulation ×
-    world``); if the rebuilt loader does not have the batch size set, it warns once and goes
-    on as below. Otherwise (also for a DataLoader passed to ``Trainer.fit``, which Lightning
-    cannot rebuild) it sets ``trainer.accumulate_grad_batches`` at epoch boundaries (steps of
-    ``loader batch × world``), which needs nothing from the user. With ``policy="observe"``
-    or ``"lr"`` it never writes ``accumulate_grad_batches`` and counts the factor in force. A
-    ``GradientAccumulationScheduler`` is refused at setup where ``"batch"`` or ``"hybrid"``
-    would need accumulation; beside the loader mechanism its factor multiplies the loader
-    batch. With an integer ``val_check_interval`` (validation per epoch) the loader batch
-    stays small enough for an epoch to hold that many batches, as Lightning requires.
+    **Batch size.** ``B = loader batch × accumulate_grad_batches × world size``. Where the data
+    come from a ``train_dataloader()`` of the LightningModule or DataModule that reads the
+    attribute ``batch_size_attr``, the callback sets it and the loader is rebuilt at the next
+    epoch; otherwise (or when the rebuilt loader ignores it, with one warning) it sets
+    ``trainer.accumulate_grad_batches`` at epoch boundaries. ``"observe"`` and ``"lr"`` never
+    write the accumulation; a ``GradientAccumulationScheduler`` is refused where ``"batch"`` or
+    ``"hybrid"`` would need it; an integer ``val_check_interval`` caps the loader batch.
 
     **Learning rate.** Changes scale every parameter group of the one optimizer by the same
-    factor. With ``policy="lr"`` or ``"hybrid"`` the callback owns the learning rate, so a
-    Lightning LR scheduler is refused at setup (use ``policy="batch"`` or ``"observe"`` to keep
-    one, or :class:`kramers_callback.KramersAnnealingLR` without this callback).
+    factor; where the policy owns ``η`` a Lightning LR scheduler is refused at setup. SGD
+    (``η_eff = η(1−dampening)/(1−β)``) exactly; the Adam family through the diagonal
+    preconditioner of docs/theory.md section 5, with one warning.
 
-    **Optimizers.** SGD (momentum: ``η_eff = η(1−dampening)/(1−β)``) exactly; the Adam
-    family through SPEC 1's diagonal-preconditioner approximation, with one warning.
+    **Losses.** ``loss_fn``, else the module's ``per_sample_loss``, else ``training_step``
+    (micro-batch noise, one warning; docs/theory.md section 2.5).
 
-    **Overhead.** Estimates are spaced and sized (:class:`kramers_callback._budget.OverheadBudget`)
-    so that their counted work (Hessian-vector products and forward passes, in sample-passes)
-    stays within ``overhead_budget`` of the counted training work; deterministic, so two runs
-    from one seed decide alike. Deferred estimates are logged with the reason.
-
-    **Metrics** (:data:`METRICS`, written at each epoch end into ``trainer.callback_metrics``,
-    which holds them even with ``logger=False``, into every logger and, for temperature and
-    escape rate, the progress bar): the estimate's numbers at an estimate; between
-    estimates the decision's own (temperature, target, critical temperature, lr, batch size,
-    noise scale). ``kramers/lr`` and ``kramers/batch_size`` are the settings after the
-    decision. Also ``kramers/converged`` (1 when the eigensolvers that decisions use
-    converged), ``kramers/trace_converged`` (the Hutchinson trace, which no decision uses),
-    ``kramers/estimate_work``, ``kramers/overhead`` and ``kramers/estimates_deferred``. Under
-    DDP every rank decides from rank 0's estimate (broadcast) and the running noise estimate is
-    a synced torchmetrics ``Metric``.
+    **Checkpoints** (``state_dict``, loadable with ``torch.load(weights_only=True)``, keyed by
+    the class name whatever the arguments) hold the probe indices, the batch layout, the
+    budget, the stop rule, the dwell of loss blocks, the history, the warm-start eigenvectors
+    and the epoch in progress, so a resume continues the run, also from a checkpoint written
+    inside an epoch. A resume refuses a changed ``probe_size``, ``monitor`` or ``mode``
+    (``MisconfigurationException``), keeps the stored probe set for a changed ``probe_seed``
+    (one warning), and applies every other changed argument (``policy``, ``top_k``, the bounds,
+    ``overhead_budget``, …) from the resume on (README, "Checkpoints and resume"). A second
+    ``fit`` of one instance without ``ckpt_path`` starts afresh.
 
     Assumptions: one optimizer, automatic optimization, a map-style train dataset read by one
     DataLoader with a ``batch_size``, parameters replicated on every rank (no FSDP/DeepSpeed).
 
-    **Checkpoints** (``state_dict``, loadable with ``torch.load(weights_only=True)``) hold the
-    probe indices, the batch layout, the budget, the stop rule, the history, the warm-start
-    eigenvectors and the state of the epoch in progress (sample counts, loss sum, running noise
-    sums), so a resume decides as the uninterrupted run would, also from a checkpoint written
-    inside an epoch (e.g. by a ModelCheckpoint after a ``val_check_interval`` validation).
-    The checkpoint key is the class name, the same whatever the arguments (a 0.x checkpoint,
-    keyed by ``policy`` and ``probe_seed``, is still read). A resume with changed arguments:
-
-    ===================  ===================================================================
-    argument             on resume
-    ===================  ===================================================================
-    ``policy``           applies from now on; history, probe, budget and stop rule carry
-                         over; a knob the new policy does not own is the user's again (the
-                         loader's ``batch_size``, the Trainer's accumulation), the learning
-                         rate is the checkpointed optimizer's
-    ``probe_seed``       the stored probe set is kept (one warning says so); the new seed
-                         seeds the estimators' random draws from now on
-    ``top_k``            applies from now on (the warm start keeps the eigenvectors it fits)
-    ``lr_min/lr_max``    apply from now on (clamps of each decision)
-    ``overhead_budget``  applies from now on; the credit earned so far carries over
-    ``probe_size``       refused (``MisconfigurationException``): the stored probe has that
-                         many samples
-    ``monitor/mode``     refused: the stop rule's stored best value belongs to them
-    ===================  ===================================================================
-
-    Other arguments apply from now on. One instance passed to a second ``fit`` starts that run
-    afresh (history, budget, stop rule, probe), unless the fit resumes from a checkpoint
-    (``ckpt_path``), whose state continues.
-
-    Cost: per optimizer step ``O(1)``, plus ``O(d)`` on the steps of a sampled noise window;
-    per estimate see :func:`kramers_callback.estimate` (kept within ``overhead_budget`` of the
-    training work); memory: the probe samples and one set of warm-start eigenvectors
-    (``(top_k + 1)·d`` floats, also saved in checkpoints so a resume decides alike).
+    Cost: per step ``O(1)`` (one indexed addition on the device), plus ``O(d)`` on the steps of
+    a sampled noise window; per estimate see :func:`kramers_callback.estimate`; memory: the
+    probe samples and ``(top_k + 1)·d`` floats of warm-start eigenvectors (checkpointed).
 
     Args:
         policy: ``"observe"``, ``"lr"``, ``"batch"`` or ``"hybrid"``

@@ -1,6 +1,7 @@
-"""Termination: stop when neither escapes nor cooling are worth the compute (seed 000 6.3).
+"""Termination: stop when neither escapes nor cooling are worth the compute.
 
-Pure logic: no Lightning. The callback feeds one check per estimate and turns the answer into
+docs/theory.md sections 4.5 and 7.6. Pure logic: no Lightning. The callback feeds one check per
+epoch end and turns the answer into
 ``trainer.should_stop`` through ``trainer.strategy.reduce_boolean_decision``.
 """
 

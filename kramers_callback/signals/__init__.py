@@ -1,7 +1,7 @@
 """Signals: what the measurements say the temperature should be (:class:`Signal`).
 
 - :mod:`~kramers_callback.signals.kramers_target`: the annealing target ``T*(η, B)`` from the
-  Kramers escape rates of the last good estimate (seed 000 sections 5.1, 5.2).
+  Kramers escape rates of the last good estimate (docs/theory.md sections 4.1, 4.2).
 - :mod:`~kramers_callback.signals.equilibrium`: whether SGD has thermalized in its basin, from
   the trend of the training loss against the noise floor.
 """

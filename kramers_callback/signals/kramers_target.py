@@ -32,7 +32,7 @@ class Target:
     """``T_c`` in the units of the isotropic ``T``: the temperature at which one escape is
     expected within the horizon."""
     temperature: float
-    """``T*(t)``, seed 000 section 5.2."""
+    """``T*(t)``, docs/theory.md section 4.2."""
     attempt_frequency: float
     """``A = Σ_i A_i`` per step."""
 
@@ -60,9 +60,10 @@ def annealing_target(
 
     All directional temperatures scale together with ``η/B`` (docs/theory.md section 2), so
     the critical point is one multiplier ``m`` of the current state
-    (:func:`~kramers_callback.kramers.critical_temperature_scale`, seed 000 sections 5.1 and
-    7.1), expressed as the isotropic ``T`` the controller steers. The schedule is
-    :func:`~kramers_callback.kramers.annealed_temperature` (seed 5.2, ``ω₀`` read as ``A``).
+    (:func:`~kramers_callback.kramers.critical_temperature_scale`, docs/theory.md sections 4.1
+    and 1.5), expressed as the isotropic ``T`` the controller steers. The schedule is
+    :func:`~kramers_callback.kramers.annealed_temperature` (docs/theory.md section 4.2, ``ω₀``
+    read as ``A``).
 
     Args:
         barriers, curvatures, barrier_curvatures: ``ΔL_i``, ``λ₀ᵢ > 0``, ``λ_bᵢ < 0`` of every
