@@ -32,7 +32,7 @@ HVP_PASSES = 6.0
 GRADIENT_PASSES = 4.0
 """Sample-passes per probe sample for the two backward passes every estimate makes."""
 MIN_PROBE = 32
-MIN_PRODUCTS = 10
+MIN_PRODUCTS = 20
 MIN_SCAN_EVALS = 10
 MIN_TRACE_SAMPLES = 10
 SPACING = 3

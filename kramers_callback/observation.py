@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kramers_callback.barriers.line_scan import PathwayStatus
 from kramers_callback.estimate import KramersEstimate
 
 __all__ = [
@@ -27,7 +28,13 @@ __all__ = [
 
 DECISION_SOLVERS = ("top", "min")
 """Iterative routines whose results decisions use (λ_max for the stability clamp, the escape
-directions for the barriers); the Hutchinson trace is only logged."""
+directions for the barriers; ``"min"`` only where the estimate scanned for barriers); the
+trace is only logged."""
+
+
+def _decision_solvers(scanned: bool) -> tuple[str, ...]:
+    # Without line scans the bottom eigenvector is only logged: no decision reads it.
+    return DECISION_SOLVERS if scanned else DECISION_SOLVERS[:1]
 
 
 def _nan_if_none(value: float | None) -> float:
@@ -50,6 +57,8 @@ class EstimateSummary:
     """Counted estimation work in sample-passes (:func:`kramers_callback._budget.estimate_work`)."""
     seconds: float = math.nan
     measured: bool = True
+    scanned: bool = True
+    """Whether the estimate scanned for barriers (then its bottom eigenvector was used)."""
     probe_size: int = 0
     temperature: float = math.nan
     noise_trace: float = math.nan
@@ -76,15 +85,17 @@ class EstimateSummary:
     @classmethod
     def from_estimate(cls, est: KramersEstimate, *, work: float) -> EstimateSummary:
         """The summary of ``est``, its ``status`` from its finiteness and convergence."""
+        scanned = any(p.status is not PathwayStatus.NOT_SCANNED for p in est.pathways)
         if not est.finite:
             status = "non_finite"
-        elif any(not est.converged.get(k, True) for k in DECISION_SOLVERS):
+        elif any(not est.converged.get(k, True) for k in _decision_solvers(scanned)):
             status = "not_converged"
         else:
             status = "ok"
         barrier = [p for p in est.pathways if p.rate is not None]
         return cls(
             status=status,
+            scanned=scanned,
             work=float(work),
             seconds=float(est.seconds),
             probe_size=int(est.num_samples),
@@ -122,8 +133,10 @@ class EstimateSummary:
 
     @property
     def failed_solvers(self) -> list[str]:
-        """The solvers of :data:`DECISION_SOLVERS` that did not converge, sorted."""
-        return sorted(k for k in DECISION_SOLVERS if not self.converged.get(k, True))
+        """The solvers of :data:`DECISION_SOLVERS` that decisions used and that did not
+        converge, sorted."""
+        solvers = _decision_solvers(self.scanned)
+        return sorted(k for k in solvers if not self.converged.get(k, True))
 
     def to_state(self) -> dict[str, Any]:
         """Plain Python numbers, lists and dicts (loadable with ``weights_only=True``)."""

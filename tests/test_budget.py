@@ -46,7 +46,7 @@ def test_ladder_shrinks_to_a_floor():
     assert all(a > b for a, b in itertools.pairwise(bounds))
     last = ladder[-1]
     assert (last.probe_size, last.top_k, last.compute_trace) == (32, 1, False)
-    assert (last.max_products, last.max_scan_evals) == (10, 10)
+    assert (last.max_products, last.max_scan_evals) == (20, 10)
     assert last.shrunk() == last
     assert all(s.probe_batch_size <= s.probe_size for s in ladder)
 
