@@ -27,5 +27,10 @@ test: venv lint
 demo: venv
 	$(BIN)/python -m kramers_callback.demo
 
+# The benchmarks' extra dependencies (SASA+ for the outcome benchmark); the commands are in
+# benchmarks/RESULTS.md.
+bench: venv
+	$(BIN)/pip install -q -e '.[bench]'
+
 clean:
 	rm -rf $(VENV) lightning_logs demo_output .pytest_cache
