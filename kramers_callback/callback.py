@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from kramers_callback import _optimizer as optim_io
 from kramers_callback import _setup_checks as checks
-from kramers_callback._arguments import CallbackArguments, check_resumed_arguments
+from kramers_callback._arguments import CallbackArguments
 from kramers_callback._batch_size import (
     BatchLayout,
     BatchMechanism,
@@ -39,12 +39,11 @@ from kramers_callback._batch_size import (
 )
 from kramers_callback._budget import EstimateSize, OverheadBudget, estimate_work
 from kramers_callback._callback_state import (
-    STATE_VERSION,
     WarmStart,
+    callback_state,
     layout_from_state,
-    layout_to_state,
-    load_running,
-    running_to_state,
+    load_callback_state,
+    restore_epoch_state,
 )
 from kramers_callback._loss_blocks import Dwell, LossBlocks
 from kramers_callback._probe import LossFn, batch_size_of
@@ -343,89 +342,13 @@ class KramersCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python values and tensors only, so it loads under ``weights_only=True``."""
-        warm, good, indices = self._warm, self._last_good, self._probe.indices
-        return {
-            "version": STATE_VERSION,
-            "arguments": self._arguments.resume_state(),
-            "probe_indices": list(indices) if indices else None,
-            "initial_lr": self._initial_lr,
-            "initial_batch": self._initial_batch,
-            "layout": layout_to_state(self._layout),
-            "samples_seen": self._samples_seen,
-            "epoch": self._epoch_state(),
-            "batch_pinned": self._batch_pinned,
-            "num_estimates": self._num_estimates,
-            "last_good": None if good is None else good.to_state(),
-            "warm_eigenvectors": None if warm is None else warm.eigenvectors,
-            "warm_min_eigenvector": None if warm is None else warm.min_eigenvector,
-            "adaptive_warned": self._adaptive_warned,
-            "budget": self.budget.state_dict(),
-            "termination": self.termination.state_dict(),
-            "dwell": self._dwell.state_dict(),
-            "first_dwell": self._first_dwell,
-            "history": [dict(h) for h in self.history],
-        }
+        return callback_state(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = state_dict
-        indices = state.get("probe_indices")
-        check_resumed_arguments(
-            state.get("arguments"),
-            self._arguments.resume_state(),
-            probe=indices is not None,
-            verbose=self.verbose,
-        )
-        self._fitted = False  # the next fit continues this state
-        self._probe.indices = None if indices is None else [int(i) for i in indices]
-        self._initial_lr = state.get("initial_lr")
-        self._initial_batch = state.get("initial_batch")
-        self._restored_layout = state.get("layout")
-        self._samples_seen = int(state.get("samples_seen", 0))
-        self._restored_epoch = state.get("epoch")
-        self._batch_pinned = bool(state.get("batch_pinned", False))
-        self._num_estimates = int(state.get("num_estimates", 0))
-        good = state.get("last_good")
-        self._last_good = None if good is None else EstimateSummary.from_state(good)
-        vectors, minimum = state.get("warm_eigenvectors"), state.get("warm_min_eigenvector")
-        self._warm = None if vectors is None else WarmStart(vectors, minimum)
-        self._adaptive_warned = bool(state.get("adaptive_warned", False))
-        self.budget.load_state_dict(state.get("budget", {}))
-        self.termination.load_state_dict(state.get("termination", {}))
-        self._dwell.load_state_dict(state.get("dwell"))
-        self._first_dwell = bool(state.get("first_dwell", True))
-        self.history = [dict(h) for h in state.get("history", [])]
-
-    def _epoch_state(self) -> dict[str, Any] | None:
-        """The state of the epoch in progress, which ``on_train_epoch_start`` sets up and which
-        Lightning does not set up again when it resumes from a checkpoint written inside an
-        epoch (mid-epoch, or at its end before ``on_train_epoch_end``: a ModelCheckpoint
-        saving after validation). Plain Python numbers only."""
-        running = self._running
-        if running is None or self._loss_sum is None:
-            return self._restored_epoch  # not started yet: pass a restored state through
-        return {
-            "samples_per_epoch": self._samples_per_epoch,
-            "epoch_samples": self._epoch_samples,
-            "epoch_steps": self._epoch_steps,
-            "step_samples": self._step_samples,
-            "loss_sum": float(self._loss_sum),
-            "running": running_to_state(running),
-            "loss_blocks": self._blocks.state_dict(),
-        }
+        load_callback_state(self, state_dict)
 
     def _restore_epoch_state(self) -> None:
-        """Put back a checkpoint's epoch state (once; ``on_train_epoch_start`` overwrites it
-        when Lightning starts a new epoch rather than finishing the checkpoint's)."""
-        state, self._restored_epoch = self._restored_epoch, None
-        if not state or self._running is None or self._loss_sum is None:
-            return
-        self._samples_per_epoch = int(state.get("samples_per_epoch", self._samples_per_epoch))
-        self._epoch_samples = int(state.get("epoch_samples", 0))
-        self._epoch_steps = int(state.get("epoch_steps", 0))
-        self._step_samples = int(state.get("step_samples", 0))
-        self._loss_sum.fill_(float(state.get("loss_sum", 0.0)))
-        load_running(self._running, state.get("running") or {})
-        self._blocks.load_state_dict(state.get("loss_blocks"))
+        restore_epoch_state(self)
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
