@@ -21,7 +21,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, GradientAccumulationScheduler
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from pytorch_lightning.utilities.parsing import lightning_getattr
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -37,13 +36,18 @@ from kramers_callback._batch_size import (
     data_from_module,
     detect_mechanism,
 )
-from kramers_callback._budget import EstimateSize, OverheadBudget, estimate_work
+from kramers_callback._budget import EstimateSize, OverheadBudget
 from kramers_callback._callback_state import (
     WarmStart,
     callback_state,
     layout_from_state,
     load_callback_state,
     restore_epoch_state,
+)
+from kramers_callback._estimate_report import (
+    estimate_message,
+    summarise_estimate,
+    warn_rough_trace,
 )
 from kramers_callback._loss_blocks import Dwell, LossBlocks
 from kramers_callback._probe import LossFn, batch_size_of
@@ -55,8 +59,6 @@ from kramers_callback.actuators import apply_decision, apply_layout, fall_back_t
 from kramers_callback.estimate import (
     KramersEstimate,
     NonFiniteLossError,
-    check_top_k,
-    noise_estimator_for,
 )
 from kramers_callback.estimate import estimate as run_estimate
 from kramers_callback.limits import ControlLimits, control_limits, loop_cap
@@ -367,17 +369,10 @@ class KramersCallback(Callback):
         )
         if self._external_accumulation and mechanism is BatchMechanism.ACCUMULATION:
             checks.check_accumulation_owner(self._rule, self.batch_size_attr)
-        try:
-            dim = sum(p.numel() for p in optim_io.trainable_parameters(pl_module))
-            check_top_k(self.full_size.top_k, dim)
-        except ValueError as err:
-            raise MisconfigurationException(f"KramersCallback: {err}") from None
+        checks.check_top_k_fits(pl_module, self.full_size.top_k)
         resolved = resolve_loss(self.loss_fn, pl_module)
         self._loss = resolved.loss_fn
-        try:
-            noise_estimator_for(self.estimate_options.get("noise"), resolved.loss_fn)
-        except ValueError as err:
-            raise MisconfigurationException(f"KramersCallback: estimate_options: {err}") from None
+        checks.check_noise_option(self.estimate_options, resolved.loss_fn)
         if resolved.path is LossPath.TRAINING_STEP:
             rank_zero_warn(
                 training_step_warning(
@@ -432,19 +427,11 @@ class KramersCallback(Callback):
         if mechanism is BatchMechanism.LOADER:
             attr = lightning_getattr(pl_module, self.batch_size_attr)
             if attr != loader.batch_size:
-                if self._external_accumulation and self._rule.owns_batch:
-                    raise MisconfigurationException(
-                        f"KramersCallback: `{self.batch_size_attr}` = {attr!r} does not size "
-                        f"the train dataloader (batch_size={loader.batch_size}), and a "
-                        "GradientAccumulationScheduler owns trainer.accumulate_grad_batches, so "
-                        "the callback cannot change the batch size. Make train_dataloader() "
-                        f"read `{self.batch_size_attr}`, or remove the "
-                        "GradientAccumulationScheduler, or use policy='observe' or 'lr'."
-                    )
-                rank_zero_warn(
-                    f"KramersCallback: `{self.batch_size_attr}` = {attr!r} does not size the "
-                    f"train dataloader (batch_size={loader.batch_size}); changing the batch "
-                    "size through trainer.accumulate_grad_batches instead."
+                checks.check_unread_batch_attribute(
+                    self.batch_size_attr,
+                    attr,
+                    loader.batch_size,
+                    refuse=self._external_accumulation and self._rule.owns_batch,
                 )
                 mechanism = BatchMechanism.ACCUMULATION
         self._mechanism = mechanism
@@ -666,42 +653,15 @@ class KramersCallback(Callback):
             return EstimateSummary.failed(work=float(sum(batch_size_of(b) for b in batches)))
         self._num_estimates += 1
         self.last_estimate = est
-        work = estimate_work(
-            num_hvp=est.num_hvp,
-            num_forward=est.num_forward,
-            num_samples=est.num_samples,
-            num_batches=len(batches),
-        )
-        summary = EstimateSummary.from_estimate(est, work=work)
-        if summary.status == "non_finite":
-            rank_zero_warn(
-                f"KramersCallback: the estimate at epoch {epoch} is not finite "
-                f"(T={est.temperature}, λ_max={est.lambda_max}, rate={est.escape_rate}); not "
-                "acted on, keeping the last good settings."
-            )
-        elif summary.status == "not_converged":
-            rank_zero_warn(
-                f"KramersCallback: the estimate at epoch {epoch} did not converge "
-                f"({', '.join(summary.failed_solvers)} eigensolver after {est.num_hvp} "
-                f"Hessian-vector products, max_products={size.max_products}); not acted on."
-            )
-        else:
+        summary = summarise_estimate(est, num_batches=len(batches), size=size, epoch=epoch)
+        if summary.ok:
             self._warm = est
         if not est.converged.get("trace", True) and not self._trace_warned:
             self._trace_warned = True
-            rank_zero_warn(
-                f"KramersCallback: the Hutchinson trace at epoch {epoch} did not converge within "
-                f"{size.max_trace_samples} samples; kramers/hessian_trace is rough (no decision "
-                "uses it; kramers/trace_converged flags each estimate). Warned once."
-            )
+            warn_rough_trace(epoch, size)
         if self.verbose:
-            training = self.budget.training_work
-            overhead = (self.budget.estimate_work + work) / training if training > 0 else math.nan
             rank_zero_info(
-                f"KramersCallback: estimate at epoch {epoch}: {est.num_hvp} Hessian-vector "
-                f"products, {est.num_forward} probe forward passes on {est.num_samples} samples "
-                f"= {work:.3g} sample-passes ({est.seconds:.2f} s); "
-                f"counted overhead so far {overhead:.1%}"
+                estimate_message(est, work=summary.work, epoch=epoch, budget=self.budget)
             )
         return summary
 
