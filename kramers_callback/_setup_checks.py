@@ -11,17 +11,23 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from kramers_callback import _optimizer as optim_io
+from kramers_callback._probe import LossFn
+from kramers_callback.estimate import check_top_k, noise_estimator_for
 from kramers_callback.policies import PolicyRule
 
 __all__ = [
     "check_accumulation_owner",
     "check_fit_loop",
+    "check_noise_option",
     "check_optimizer",
     "check_schedule",
+    "check_top_k_fits",
     "check_train_loader",
+    "check_unread_batch_attribute",
 ]
 
 _SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
@@ -112,3 +118,42 @@ def check_train_loader(loader: Any) -> DataLoader:
             "batch_sampler). Pass batch_size to the DataLoader."
         )
     return loader
+
+
+def check_top_k_fits(pl_module: pl.LightningModule, top_k: int) -> None:
+    """``top_k`` fits the model's trainable dimension."""
+    try:
+        dim = sum(p.numel() for p in optim_io.trainable_parameters(pl_module))
+        check_top_k(top_k, dim)
+    except ValueError as err:
+        raise MisconfigurationException(f"KramersCallback: {err}") from None
+
+
+def check_noise_option(options: dict[str, Any], loss_fn: LossFn) -> None:
+    """``options["noise"]`` works with the resolved loss."""
+    try:
+        noise_estimator_for(options.get("noise"), loss_fn)
+    except ValueError as err:
+        raise MisconfigurationException(f"KramersCallback: estimate_options: {err}") from None
+
+
+def check_unread_batch_attribute(
+    attribute: str, value: Any, loader_batch: int | None, *, refuse: bool
+) -> None:
+    """The train dataloader ignores ``attribute`` (``value`` is not its ``loader_batch``):
+    refuse where the accumulation is not the callback's to set either (``refuse``), else
+    warn that the batch size moves through ``trainer.accumulate_grad_batches``."""
+    if refuse:
+        raise MisconfigurationException(
+            f"KramersCallback: `{attribute}` = {value!r} does not size "
+            f"the train dataloader (batch_size={loader_batch}), and a "
+            "GradientAccumulationScheduler owns trainer.accumulate_grad_batches, so "
+            "the callback cannot change the batch size. Make train_dataloader() "
+            f"read `{attribute}`, or remove the "
+            "GradientAccumulationScheduler, or use policy='observe' or 'lr'."
+        )
+    rank_zero_warn(
+        f"KramersCallback: `{attribute}` = {value!r} does not size the "
+        f"train dataloader (batch_size={loader_batch}); changing the batch "
+        "size through trainer.accumulate_grad_batches instead."
+    )

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, GradientAccumulationScheduler
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from pytorch_lightning.utilities.parsing import lightning_getattr
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -30,53 +29,51 @@ from torch.utils.data import DataLoader
 
 from kramers_callback import _optimizer as optim_io
 from kramers_callback import _setup_checks as checks
+from kramers_callback._arguments import CallbackArguments
 from kramers_callback._batch_size import (
     BatchLayout,
     BatchMechanism,
     data_from_module,
     detect_mechanism,
 )
-from kramers_callback._budget import EstimateSize, OverheadBudget, check_budget, estimate_work
+from kramers_callback._budget import EstimateSize, OverheadBudget
 from kramers_callback._callback_state import (
-    STATE_VERSION,
     WarmStart,
+    callback_state,
     layout_from_state,
-    layout_to_state,
-    load_running,
-    running_to_state,
+    load_callback_state,
+    restore_epoch_state,
+)
+from kramers_callback._estimate_report import (
+    estimate_message,
+    summarise_estimate,
+    warn_rough_trace,
 )
 from kramers_callback._loss_blocks import Dwell, LossBlocks
 from kramers_callback._probe import LossFn, batch_size_of
 from kramers_callback._probe_set import ProbeSet, training_conversion
 from kramers_callback._validation import (
     all_finite,
-    check_choice,
-    check_in_range,
-    check_non_negative,
-    check_positive,
-    check_positive_int,
 )
 from kramers_callback.actuators import apply_decision, apply_layout, fall_back_to_accumulation
 from kramers_callback.estimate import (
     KramersEstimate,
     NonFiniteLossError,
-    check_top_k,
-    noise_estimator_for,
-    validate_estimate_options,
 )
 from kramers_callback.estimate import estimate as run_estimate
-from kramers_callback.limits import ControlLimits, LoopBatching, control_limits, val_check_cap
+from kramers_callback.limits import ControlLimits, control_limits, loop_cap
 from kramers_callback.metrics import METRICS, epoch_metrics, history_entry, publish
 from kramers_callback.noise.floor import cooling_factor
 from kramers_callback.noise.running import RunningNoiseEstimator
-from kramers_callback.noise.temperature import effective_lr, isotropic_temperature
 from kramers_callback.observation import (
     EstimateSummary,
     Horizon,
     Knobs,
     Observation,
+    observe,
+    sampling_size,
 )
-from kramers_callback.policies import Policy, policy_rule
+from kramers_callback.policies import policy_rule
 from kramers_callback.regime import RegimeDecision, choose
 from kramers_callback.report_loggers import log_report_figure
 from kramers_callback.signals import EquilibriumSignal, KramersTargetSignal
@@ -91,31 +88,13 @@ def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
-_ESTIMATE_OPTIONS = (
-    "noise",
-    "micro_batch_size",
-    "backend",
-    "kappa",
-    "tol",
-    "trace_tol",
-    "centre_probe",
-)
-
 def _validates(trainer: pl.Trainer) -> bool:
     """Whether this fit can run a validation loop (a ``validation_step`` and batches to run)."""
     module = trainer.lightning_module
     return bool(trainer.limit_val_batches) and is_overridden("validation_step", module)
 
 
-_REFUSED_CHANGES = {
-    "probe_size": "the stored probe set has that many samples (a different size would mix "
-    "the stored draw with the new setting)",
-    "monitor": "the stop rule's stored best value and patience count belong to that metric",
-    "mode": "the stop rule's stored best value was ranked in that mode",
-}
-"""Arguments a resume refuses to change, with why (the checkpoint's state depends on them)."""
-_APPLIED_CHANGES = ("probe_seed", "top_k", "lr_min", "lr_max", "overhead_budget")
-"""Arguments (with ``policy``) whose change on a resume applies from the resume on."""
+_FIELDS = tuple(f.name for f in fields(CallbackArguments) if f.init)
 
 
 class KramersCallback(Callback):
@@ -274,72 +253,16 @@ class KramersCallback(Callback):
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        self.policy = Policy(check_choice("policy", policy, [p.value for p in Policy]))
+        # The signature stays spelled out for LightningCLI and the docs; validation is the
+        # record's (as ``save_hyperparameters`` does, read the arguments from the frame).
+        arguments = CallbackArguments(**{k: v for k, v in locals().items() if k in _FIELDS})
+        self._arguments = arguments
+        # Public attributes, as Lightning's callbacks expose their arguments.
+        for name in _FIELDS:
+            setattr(self, name, getattr(arguments, name))
+        self.full_size = arguments.full_size
         self._rule = policy_rule(self.policy)
         self._target_signal = KramersTargetSignal()
-        if loss_fn is not None and not callable(loss_fn):
-            raise ValueError(f"loss_fn must be callable as loss_fn(model, batch), got {loss_fn!r}")
-        self.loss_fn = loss_fn
-        self.probe_size = check_positive_int("probe_size", probe_size, minimum=2)
-        self.probe_batch_size = check_positive_int("probe_batch_size", probe_batch_size)
-        self.probe_seed = check_positive_int("probe_seed", probe_seed, minimum=0)
-        self.full_size = EstimateSize(
-            probe_size=self.probe_size,
-            probe_batch_size=min(self.probe_batch_size, self.probe_size),
-            top_k=check_positive_int("top_k", top_k),
-            max_products=check_positive_int("max_products", max_products, minimum=2),
-            compute_trace=bool(compute_trace),
-            max_trace_samples=check_positive_int("max_trace_samples", max_trace_samples, minimum=2),
-            max_scan_evals=check_positive_int("max_scan_evals", max_scan_evals, minimum=3),
-        )
-        options = dict(estimate_options or {})
-        unknown = sorted(set(options) - set(_ESTIMATE_OPTIONS))
-        if unknown:
-            raise ValueError(
-                f"estimate_options must have keys among {list(_ESTIMATE_OPTIONS)}, got {unknown}"
-            )
-        self.estimate_options = validate_estimate_options(options)
-        self.overhead_budget = check_budget("overhead_budget", overhead_budget)
-        self.compute_cost = check_non_negative("compute_cost", compute_cost)
-        self.min_epochs = check_positive_int("min_epochs", min_epochs, minimum=0)
-        self.patience = check_positive_int("patience", patience)
-        if monitor is not None and not isinstance(monitor, str):
-            raise ValueError(f"monitor must be a metric name (str) or None, got {monitor!r}")
-        self.monitor = monitor
-        self.min_delta = check_non_negative("min_delta", min_delta)
-        self.mode = check_choice("mode", mode, ("min", "max"))
-        self.lr_min = None if lr_min is None else check_positive("lr_min", lr_min)
-        self.lr_max = None if lr_max is None else check_positive("lr_max", lr_max)
-        if self.lr_min is not None and self.lr_max is not None and self.lr_max < self.lr_min:
-            raise ValueError(f"lr_max must be ≥ lr_min = {self.lr_min!r}, got {self.lr_max!r}")
-        self.batch_min = None if batch_min is None else check_positive_int("batch_min", batch_min)
-        self.batch_max = None if batch_max is None else check_positive_int("batch_max", batch_max)
-        if (
-            self.batch_min is not None
-            and self.batch_max is not None
-            and self.batch_max < self.batch_min
-        ):
-            raise ValueError(
-                f"batch_max must be ≥ batch_min = {self.batch_min!r}, got {self.batch_max!r}"
-            )
-        self.batch_multiple = check_positive_int("batch_multiple", batch_multiple)
-        self.max_change = check_in_range(
-            "max_change", max_change, 1.0, math.inf, low_open=True, high_open=True
-        )
-        if not isinstance(batch_size_attr, str) or not batch_size_attr.isidentifier():
-            raise ValueError(
-                f"batch_size_attr must be an attribute name (identifier), got {batch_size_attr!r}"
-            )
-        self.batch_size_attr = batch_size_attr
-        self.noise_window = check_positive_int("noise_window", noise_window, minimum=2)
-        self.noise_stride = check_positive_int("noise_stride", noise_stride)
-        if not isinstance(check_finite, bool):
-            raise ValueError(f"check_finite must be a bool, got {check_finite!r}")
-        self.check_finite = check_finite
-        if not isinstance(strict, bool):
-            raise ValueError(f"strict must be a bool, got {strict!r}")
-        self.strict = strict
-        self.verbose = bool(verbose)
         self._cooling_factor = cooling_factor(max_change=self.max_change)
         self._equilibrium_signal = EquilibriumSignal(factor=self._cooling_factor)
         self._fitted = False
@@ -419,126 +342,15 @@ class KramersCallback(Callback):
         if len(legacy) == 1:
             states[self.state_key] = states.pop(legacy[0])
 
-    def _arguments(self) -> dict[str, Any]:
-        """The arguments a resume compares with the checkpoint's
-        (:data:`_REFUSED_CHANGES`, :data:`_APPLIED_CHANGES`)."""
-        names = (*_REFUSED_CHANGES, *_APPLIED_CHANGES)
-        values = {name: getattr(self, name) for name in names if name != "top_k"}
-        return {**values, "top_k": self.full_size.top_k, "policy": self.policy.value}
-
-    def _check_resumed_arguments(self, stored: dict[str, Any] | None, probe: bool) -> None:
-        """Refuse the changes a resume cannot honour; say which changes apply from now on."""
-        if not stored:
-            return  # a checkpoint from before the arguments were stored
-        now = self._arguments()
-        for name in _REFUSED_CHANGES:
-            if name == "mode" and now["monitor"] is None:
-                continue  # without a monitor the mode is never read
-            if name in stored and stored[name] != now[name]:
-                raise MisconfigurationException(
-                    f"KramersCallback: cannot resume with {name}={now[name]!r}: the checkpoint "
-                    f"was written with {name}={stored[name]!r}, and {_REFUSED_CHANGES[name]}. "
-                    f"Resume with {name}={stored[name]!r}, or start a new run without ckpt_path."
-                )
-        if probe and "probe_seed" in stored and stored["probe_seed"] != now["probe_seed"]:
-            rank_zero_warn(
-                f"KramersCallback: resuming with probe_seed={now['probe_seed']} from a checkpoint "
-                f"written with probe_seed={stored['probe_seed']}: the stored probe set (drawn "
-                f"with {stored['probe_seed']}) is kept, so estimates stay comparable; the new "
-                "seed seeds the estimators' random draws from now on."
-            )
-        changed = [
-            f"{name}: {stored[name]!r} -> {now[name]!r}"
-            for name in ("policy", *_APPLIED_CHANGES)
-            if name in stored and stored[name] != now[name]
-        ]
-        if changed and self.verbose:
-            rank_zero_info(
-                "KramersCallback: resuming with changed arguments, which apply from now on ("
-                + "; ".join(changed)
-                + "); the history, probe, budget and stop rule carry over."
-            )
-
     def state_dict(self) -> dict[str, Any]:
         """Plain Python values and tensors only, so it loads under ``weights_only=True``."""
-        warm, good, indices = self._warm, self._last_good, self._probe.indices
-        return {
-            "version": STATE_VERSION,
-            "arguments": self._arguments(),
-            "probe_indices": list(indices) if indices else None,
-            "initial_lr": self._initial_lr,
-            "initial_batch": self._initial_batch,
-            "layout": layout_to_state(self._layout),
-            "samples_seen": self._samples_seen,
-            "epoch": self._epoch_state(),
-            "batch_pinned": self._batch_pinned,
-            "num_estimates": self._num_estimates,
-            "last_good": None if good is None else good.to_state(),
-            "warm_eigenvectors": None if warm is None else warm.eigenvectors,
-            "warm_min_eigenvector": None if warm is None else warm.min_eigenvector,
-            "adaptive_warned": self._adaptive_warned,
-            "budget": self.budget.state_dict(),
-            "termination": self.termination.state_dict(),
-            "dwell": self._dwell.state_dict(),
-            "first_dwell": self._first_dwell,
-            "history": [dict(h) for h in self.history],
-        }
+        return callback_state(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = state_dict
-        indices = state.get("probe_indices")
-        self._check_resumed_arguments(state.get("arguments"), probe=indices is not None)
-        self._fitted = False  # the next fit continues this state
-        self._probe.indices = None if indices is None else [int(i) for i in indices]
-        self._initial_lr = state.get("initial_lr")
-        self._initial_batch = state.get("initial_batch")
-        self._restored_layout = state.get("layout")
-        self._samples_seen = int(state.get("samples_seen", 0))
-        self._restored_epoch = state.get("epoch")
-        self._batch_pinned = bool(state.get("batch_pinned", False))
-        self._num_estimates = int(state.get("num_estimates", 0))
-        good = state.get("last_good")
-        self._last_good = None if good is None else EstimateSummary.from_state(good)
-        vectors, minimum = state.get("warm_eigenvectors"), state.get("warm_min_eigenvector")
-        self._warm = None if vectors is None else WarmStart(vectors, minimum)
-        self._adaptive_warned = bool(state.get("adaptive_warned", False))
-        self.budget.load_state_dict(state.get("budget", {}))
-        self.termination.load_state_dict(state.get("termination", {}))
-        self._dwell.load_state_dict(state.get("dwell"))
-        self._first_dwell = bool(state.get("first_dwell", True))
-        self.history = [dict(h) for h in state.get("history", [])]
-
-    def _epoch_state(self) -> dict[str, Any] | None:
-        """The state of the epoch in progress, which ``on_train_epoch_start`` sets up and which
-        Lightning does not set up again when it resumes from a checkpoint written inside an
-        epoch (mid-epoch, or at its end before ``on_train_epoch_end``: a ModelCheckpoint
-        saving after validation). Plain Python numbers only."""
-        running = self._running
-        if running is None or self._loss_sum is None:
-            return self._restored_epoch  # not started yet: pass a restored state through
-        return {
-            "samples_per_epoch": self._samples_per_epoch,
-            "epoch_samples": self._epoch_samples,
-            "epoch_steps": self._epoch_steps,
-            "step_samples": self._step_samples,
-            "loss_sum": float(self._loss_sum),
-            "running": running_to_state(running),
-            "loss_blocks": self._blocks.state_dict(),
-        }
+        load_callback_state(self, state_dict)
 
     def _restore_epoch_state(self) -> None:
-        """Put back a checkpoint's epoch state (once; ``on_train_epoch_start`` overwrites it
-        when Lightning starts a new epoch rather than finishing the checkpoint's)."""
-        state, self._restored_epoch = self._restored_epoch, None
-        if not state or self._running is None or self._loss_sum is None:
-            return
-        self._samples_per_epoch = int(state.get("samples_per_epoch", self._samples_per_epoch))
-        self._epoch_samples = int(state.get("epoch_samples", 0))
-        self._epoch_steps = int(state.get("epoch_steps", 0))
-        self._step_samples = int(state.get("step_samples", 0))
-        self._loss_sum.fill_(float(state.get("loss_sum", 0.0)))
-        load_running(self._running, state.get("running") or {})
-        self._blocks.load_state_dict(state.get("loss_blocks"))
+        restore_epoch_state(self)
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -557,17 +369,10 @@ class KramersCallback(Callback):
         )
         if self._external_accumulation and mechanism is BatchMechanism.ACCUMULATION:
             checks.check_accumulation_owner(self._rule, self.batch_size_attr)
-        try:
-            dim = sum(p.numel() for p in optim_io.trainable_parameters(pl_module))
-            check_top_k(self.full_size.top_k, dim)
-        except ValueError as err:
-            raise MisconfigurationException(f"KramersCallback: {err}") from None
+        checks.check_top_k_fits(pl_module, self.full_size.top_k)
         resolved = resolve_loss(self.loss_fn, pl_module)
         self._loss = resolved.loss_fn
-        try:
-            noise_estimator_for(self.estimate_options.get("noise"), resolved.loss_fn)
-        except ValueError as err:
-            raise MisconfigurationException(f"KramersCallback: estimate_options: {err}") from None
+        checks.check_noise_option(self.estimate_options, resolved.loss_fn)
         if resolved.path is LossPath.TRAINING_STEP:
             rank_zero_warn(
                 training_step_warning(
@@ -622,19 +427,11 @@ class KramersCallback(Callback):
         if mechanism is BatchMechanism.LOADER:
             attr = lightning_getattr(pl_module, self.batch_size_attr)
             if attr != loader.batch_size:
-                if self._external_accumulation and self._rule.owns_batch:
-                    raise MisconfigurationException(
-                        f"KramersCallback: `{self.batch_size_attr}` = {attr!r} does not size "
-                        f"the train dataloader (batch_size={loader.batch_size}), and a "
-                        "GradientAccumulationScheduler owns trainer.accumulate_grad_batches, so "
-                        "the callback cannot change the batch size. Make train_dataloader() "
-                        f"read `{self.batch_size_attr}`, or remove the "
-                        "GradientAccumulationScheduler, or use policy='observe' or 'lr'."
-                    )
-                rank_zero_warn(
-                    f"KramersCallback: `{self.batch_size_attr}` = {attr!r} does not size the "
-                    f"train dataloader (batch_size={loader.batch_size}); changing the batch "
-                    "size through trainer.accumulate_grad_batches instead."
+                checks.check_unread_batch_attribute(
+                    self.batch_size_attr,
+                    attr,
+                    loader.batch_size,
+                    refuse=self._external_accumulation and self._rule.owns_batch,
                 )
                 mechanism = BatchMechanism.ACCUMULATION
         self._mechanism = mechanism
@@ -820,13 +617,9 @@ class KramersCallback(Callback):
         """One estimate at the current settings, summarised with its ``status`` and ``work``."""
         assert self._layout is not None and self._loss is not None
         batches = self._probe.batches(size)
-        momentum, damping = optim_io.momentum_of(optimizer)
+        knobs = self._knobs(optimizer)
         params = optim_io.trainable_parameters(pl_module)
         preconditioner = optim_io.preconditioner(optimizer, params) if self._adaptive else None
-        batch = self._layout.samples_per_step
-        dataset_size = self._dataset_size if self._dataset_size and self._dataset_size > 1 else None
-        if dataset_size is not None and batch > dataset_size:
-            dataset_size = None
         epoch = pl_module.current_epoch
         try:
             # Estimation runs in float32 (or the parameters' float64), never under autocast.
@@ -835,10 +628,10 @@ class KramersCallback(Callback):
                     pl_module,
                     self._loss,
                     batches,
-                    lr=optim_io.lr_of(optimizer) * damping,
-                    batch_size=batch,
-                    momentum=momentum,
-                    dataset_size=dataset_size,
+                    lr=knobs.lr,
+                    batch_size=knobs.batch_size,
+                    momentum=knobs.momentum,
+                    dataset_size=sampling_size(self._dataset_size, knobs.batch_size),
                     top_k=size.top_k,
                     max_products=size.max_products,
                     compute_trace=size.compute_trace,
@@ -860,42 +653,15 @@ class KramersCallback(Callback):
             return EstimateSummary.failed(work=float(sum(batch_size_of(b) for b in batches)))
         self._num_estimates += 1
         self.last_estimate = est
-        work = estimate_work(
-            num_hvp=est.num_hvp,
-            num_forward=est.num_forward,
-            num_samples=est.num_samples,
-            num_batches=len(batches),
-        )
-        summary = EstimateSummary.from_estimate(est, work=work)
-        if summary.status == "non_finite":
-            rank_zero_warn(
-                f"KramersCallback: the estimate at epoch {epoch} is not finite "
-                f"(T={est.temperature}, λ_max={est.lambda_max}, rate={est.escape_rate}); not "
-                "acted on, keeping the last good settings."
-            )
-        elif summary.status == "not_converged":
-            rank_zero_warn(
-                f"KramersCallback: the estimate at epoch {epoch} did not converge "
-                f"({', '.join(summary.failed_solvers)} eigensolver after {est.num_hvp} "
-                f"Hessian-vector products, max_products={size.max_products}); not acted on."
-            )
-        else:
+        summary = summarise_estimate(est, num_batches=len(batches), size=size, epoch=epoch)
+        if summary.ok:
             self._warm = est
         if not est.converged.get("trace", True) and not self._trace_warned:
             self._trace_warned = True
-            rank_zero_warn(
-                f"KramersCallback: the Hutchinson trace at epoch {epoch} did not converge within "
-                f"{size.max_trace_samples} samples; kramers/hessian_trace is rough (no decision "
-                "uses it; kramers/trace_converged flags each estimate). Warned once."
-            )
+            warn_rough_trace(epoch, size)
         if self.verbose:
-            training = self.budget.training_work
-            overhead = (self.budget.estimate_work + work) / training if training > 0 else math.nan
             rank_zero_info(
-                f"KramersCallback: estimate at epoch {epoch}: {est.num_hvp} Hessian-vector "
-                f"products, {est.num_forward} probe forward passes on {est.num_samples} samples "
-                f"= {work:.3g} sample-passes ({est.seconds:.2f} s); "
-                f"counted overhead so far {overhead:.1%}"
+                estimate_message(est, work=summary.work, epoch=epoch, budget=self.budget)
             )
         return summary
 
@@ -955,6 +721,12 @@ class KramersCallback(Callback):
         )
         self.history.append(entry)
 
+    def _knobs(self, optimizer: torch.optim.Optimizer) -> Knobs:
+        assert self._layout is not None
+        momentum, damping = optim_io.momentum_of(optimizer)
+        lr = optim_io.lr_of(optimizer) * damping
+        return Knobs(lr, self._layout.samples_per_step, momentum=momentum, damping=damping)
+
     def _observe(
         self,
         trainer: pl.Trainer,
@@ -963,62 +735,30 @@ class KramersCallback(Callback):
         running: dict[str, float],
         loss_finite: bool,
     ) -> Observation:
-        """What this epoch end's decision sees. The temperature now: a fresh estimate, else
-        (after a non-finite training loss: none) the running two-batch noise, else the last
-        good estimate rescaled to ``η`` and ``B``."""
-        assert self._layout is not None
-        batch = self._layout.samples_per_step
-        momentum, damping = optim_io.momentum_of(optimizer)
-        knobs = Knobs(
-            lr=optim_io.lr_of(optimizer) * damping,
-            batch_size=batch,
-            momentum=momentum,
-            damping=damping,
-        )
-        good, size = self._last_good, self._dataset_size
-        dataset_size = size if size is not None and 1 < size and batch <= size else None
-        if fresh is not None and fresh.ok:
-            noise_trace, source = fresh.noise_trace, "estimate"
-        elif not loss_finite:  # older numbers would read as current after a NaN loss
-            noise_trace, source = math.nan, "none"
-        elif all_finite(running["noise_trace"]) and running["noise_trace"] > 0:
-            noise_trace, source = running["noise_trace"], "running"
-        elif good is not None:
-            noise_trace, source = good.noise_trace, "last_estimate"
-        else:
-            noise_trace, source = math.nan, "none"
-        dim = sum(p.numel() for p in self._params)
-        temperature = math.nan
-        if all_finite(noise_trace) and noise_trace >= 0:
-            temperature = isotropic_temperature(
-                lr=effective_lr(lr=knobs.lr, momentum=momentum),
-                noise_trace=noise_trace,
-                dim=dim,
-                batch_size=batch,
-                dataset_size=dataset_size,
-            )
+        """What this epoch end's decision sees (:func:`kramers_callback.observation.observe`)."""
         monitor = None
         if self.monitor is not None:
             value = trainer.callback_metrics.get(self.monitor)
             monitor = None if value is None else float(value)
             if value is None and not _validates(trainer):
                 self._check_monitor(trainer, "training epoch")
-        horizon = self._horizon(trainer)
-        return Observation(
+        horizon = Horizon.of_run(
+            samples_seen=self._samples_seen,
+            samples_per_epoch=self._samples_per_epoch,
             epoch=trainer.current_epoch,
-            clock=horizon.clock(batch),
+            max_epochs=trainer.max_epochs,
+            global_step=trainer.global_step,
+            max_steps=trainer.max_steps,
+        )
+        return observe(
+            epoch=trainer.current_epoch,
             horizon=horizon,
-            knobs=knobs,
-            temperature=temperature,
-            noise_trace=noise_trace,
-            noise_source=source,
-            noise_scale=fresh.noise_scale
-            if fresh is not None and fresh.measured
-            else running["noise_scale"],
-            dim=dim,
-            dataset_size=dataset_size,
+            knobs=self._knobs(optimizer),
             fresh=fresh,
-            last_good=good,
+            running=running,
+            last_good=self._last_good,
+            dataset_size=self._dataset_size,
+            dim=sum(p.numel() for p in self._params),
             loss_finite=loss_finite,
             monitor=monitor,
             loss_blocks=tuple(self._dwell.blocks),
@@ -1050,17 +790,6 @@ class KramersCallback(Callback):
             raise RuntimeError(message + "; strict=False only warns.")
         self._monitor_warned = True
         rank_zero_warn(message + "; until it appears the stop rule runs without it. Warned once.")
-
-    def _horizon(self, trainer: pl.Trainer) -> Horizon:
-        """The budget left: ``max_epochs`` fixes the samples left, ``max_steps`` the steps
-        left (:class:`~kramers_callback.observation.Horizon`)."""
-        samples_left, steps_left = math.inf, math.inf
-        max_epochs = trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0:
-            samples_left = (max_epochs - (trainer.current_epoch + 1)) * self._samples_per_epoch
-        if trainer.max_steps is not None and trainer.max_steps >= 0:
-            steps_left = float(trainer.max_steps - trainer.global_step)
-        return Horizon(self._samples_seen, samples_left, steps_left, trainer.global_step)
 
     def _choose(self, trainer: pl.Trainer, observation: Observation) -> RegimeDecision:
         """The signals' readings, the phase and the policy's decision, or why the knobs are
@@ -1111,25 +840,15 @@ class KramersCallback(Callback):
         assert self._layout is not None
         assert self._initial_lr is not None and self._initial_batch is not None
         layout = self._layout
-        cap = None
-        interval = getattr(trainer, "val_check_interval", None)
-        if (
-            layout.mechanism is BatchMechanism.LOADER
-            and isinstance(interval, int)
-            and not isinstance(interval, bool)
-            and trainer.check_val_every_n_epoch is not None
-            and trainer.limit_val_batches
-            and self._loader_samples is not None
-        ):
-            loop = LoopBatching(
-                interval, self._loader_samples, self._loader_drop_last, trainer.limit_train_batches
-            )
-            cap = val_check_cap(
-                loop,
-                multiple=layout.multiple,
-                accumulation=layout.accumulation,
-                world_size=layout.world_size,
-            )
+        cap = loop_cap(
+            layout,
+            val_check_interval=getattr(trainer, "val_check_interval", None),
+            check_val_every_n_epoch=trainer.check_val_every_n_epoch,
+            limit_val_batches=trainer.limit_val_batches,
+            loader_samples=self._loader_samples,
+            drop_last=self._loader_drop_last,
+            limit_train_batches=trainer.limit_train_batches,
+        )
         return control_limits(
             initial_lr=self._initial_lr,
             initial_batch=self._initial_batch,

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-from kramers_callback._batch_size import max_loader_batch
+from kramers_callback._batch_size import BatchLayout, BatchMechanism, max_loader_batch
 from kramers_callback._validation import check_in_range, check_positive, check_positive_int
 
-__all__ = ["ControlLimits", "LoopBatching", "control_limits", "stability_limit", "val_check_cap"]
+__all__ = [
+    "ControlLimits",
+    "LoopBatching",
+    "control_limits",
+    "loop_cap",
+    "stability_limit",
+    "val_check_cap",
+]
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,38 @@ def val_check_cap(
     if loader_batch is None:
         return 0
     return loader_batch * accumulation * world_size
+
+
+def loop_cap(
+    layout: BatchLayout,
+    *,
+    val_check_interval: Any,
+    check_val_every_n_epoch: int | None,
+    limit_val_batches: int | float,
+    loader_samples: int | None,
+    drop_last: bool,
+    limit_train_batches: int | float,
+) -> int | None:
+    """The cap on ``B`` of :func:`val_check_cap` where Lightning's loop sets one: the loader
+    batch moves (``layout``) and the loop validates every integer ``val_check_interval``
+    batches within epochs, over a loader of known length (``loader_samples`` on one rank);
+    ``None`` otherwise (the Trainer's arguments of those names). Cost: ``O(log S)``."""
+    if not (
+        layout.mechanism is BatchMechanism.LOADER
+        and isinstance(val_check_interval, int)
+        and not isinstance(val_check_interval, bool)
+        and check_val_every_n_epoch is not None
+        and limit_val_batches
+        and loader_samples is not None
+    ):
+        return None
+    loop = LoopBatching(val_check_interval, loader_samples, drop_last, limit_train_batches)
+    return val_check_cap(
+        loop,
+        multiple=layout.multiple,
+        accumulation=layout.accumulation,
+        world_size=layout.world_size,
+    )
 
 
 def control_limits(

@@ -9,11 +9,14 @@ logs both. Everything here is plain numbers: broadcastable across ranks and chec
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kramers_callback._validation import all_finite
 from kramers_callback.barriers.line_scan import PathwayStatus
 from kramers_callback.estimate import KramersEstimate
+from kramers_callback.noise.temperature import effective_lr, isotropic_temperature
 
 __all__ = [
     "DECISION_SOLVERS",
@@ -24,6 +27,8 @@ __all__ = [
     "Horizon",
     "Knobs",
     "Observation",
+    "observe",
+    "sampling_size",
 ]
 
 DECISION_SOLVERS = ("top", "min")
@@ -220,6 +225,26 @@ class Horizon:
             step = max(self.samples_seen / batch_size, 1.0)
         return Clock(step=step, horizon=step + remaining, remaining=remaining)
 
+    @classmethod
+    def of_run(
+        cls,
+        *,
+        samples_seen: int,
+        samples_per_epoch: int,
+        epoch: int,
+        max_epochs: int | None,
+        global_step: int,
+        max_steps: int | None,
+    ) -> Horizon:
+        """The budget left after epoch ``epoch`` (0-based) of a Trainer's ``max_epochs`` and
+        ``max_steps`` (``None`` or negative: no bound). Cost: O(1)."""
+        samples_left, steps_left = math.inf, math.inf
+        if max_epochs is not None and max_epochs >= 0:
+            samples_left = (max_epochs - (epoch + 1)) * samples_per_epoch
+        if max_steps is not None and max_steps >= 0:
+            steps_left = float(max_steps - global_step)
+        return cls(samples_seen, samples_left, steps_left, global_step)
+
 
 @dataclass(frozen=True)
 class Knobs:
@@ -319,3 +344,74 @@ class DecisionRecord:
     critical_temperature: float = math.nan
     target_temperature: float = math.nan
     decision: Decision | None = None
+
+
+def sampling_size(dataset_size: int | None, batch_size: int) -> int | None:
+    """``N`` for the finite-population factor of ``B`` draws without replacement, or ``None``
+    where it does not apply (unknown or single-sample data, or ``B > N``)."""
+    if dataset_size is not None and 1 < dataset_size and batch_size <= dataset_size:
+        return dataset_size
+    return None
+
+
+def observe(
+    *,
+    epoch: int,
+    horizon: Horizon,
+    knobs: Knobs,
+    fresh: EstimateSummary | None,
+    running: Mapping[str, float],
+    last_good: EstimateSummary | None,
+    dataset_size: int | None,
+    dim: int,
+    loss_finite: bool = True,
+    monitor: float | None = None,
+    loss_blocks: tuple[LossBlock, ...] = (),
+    first_dwell: bool = True,
+) -> Observation:
+    """The :class:`Observation` of one epoch end. The noise ``tr Σ₁`` now: a fresh estimate,
+    else (after a non-finite training loss: none) the running two-batch noise (``running``:
+    its ``noise_trace`` and ``noise_scale``), else the last good estimate's; the temperature
+    is :func:`~kramers_callback.noise.temperature.isotropic_temperature` of it at ``knobs``.
+    Cost: O(1)."""
+    batch = knobs.batch_size
+    size = sampling_size(dataset_size, batch)
+    if fresh is not None and fresh.ok:
+        noise_trace, source = fresh.noise_trace, "estimate"
+    elif not loss_finite:  # older numbers would read as current after a NaN loss
+        noise_trace, source = math.nan, "none"
+    elif all_finite(running["noise_trace"]) and running["noise_trace"] > 0:
+        noise_trace, source = running["noise_trace"], "running"
+    elif last_good is not None:
+        noise_trace, source = last_good.noise_trace, "last_estimate"
+    else:
+        noise_trace, source = math.nan, "none"
+    temperature = math.nan
+    if all_finite(noise_trace) and noise_trace >= 0:
+        temperature = isotropic_temperature(
+            lr=effective_lr(lr=knobs.lr, momentum=knobs.momentum),
+            noise_trace=noise_trace,
+            dim=dim,
+            batch_size=batch,
+            dataset_size=size,
+        )
+    return Observation(
+        epoch=epoch,
+        clock=horizon.clock(batch),
+        horizon=horizon,
+        knobs=knobs,
+        temperature=temperature,
+        noise_trace=noise_trace,
+        noise_source=source,
+        noise_scale=fresh.noise_scale
+        if fresh is not None and fresh.measured
+        else running["noise_scale"],
+        dim=dim,
+        dataset_size=size,
+        fresh=fresh,
+        last_good=last_good,
+        loss_finite=loss_finite,
+        monitor=monitor,
+        loss_blocks=loss_blocks,
+        first_dwell=first_dwell,
+    )

@@ -191,7 +191,8 @@ def test_a_resume_applies_other_changed_arguments_from_then_on(tmp_path, caplog,
     (name, value), = changed.items()
     with caplog.at_level("INFO"):
         resumed = resume(path, **changed, verbose=True)
-    assert f"apply from now on ({name}: {first._arguments()[name]!r} -> {value!r})" in caplog.text
+    stored = first.state_dict()["arguments"][name]
+    assert f"apply from now on ({name}: {stored!r} -> {value!r})" in caplog.text
     assert repr(resumed.history[:2]) == repr(first.history)  # repr: nan == nan
     assert resumed.budget.training_work > first.budget.training_work  # the budget carried over
     if name == "top_k":
