@@ -198,12 +198,13 @@ class EstimateLog:
     overhead: float
     counted_overhead: float
 
-    @property
-    def max_gap(self) -> int | None:
-        """Most epochs from the start, or between estimates, to the next one (1 = every epoch)."""
+    def max_gap(self, total_epochs: int) -> int | None:
+        """Most epochs from the start to the first estimate, between two, or from the last to
+        one past the end (``g`` means ``g − 1`` epochs in a row without one; "an estimate at
+        least every 3 epochs" is ``g ≤ 3``). ``None``: no estimate."""
         if not self.epochs:
             return None
-        points = [-1, *self.epochs]
+        points = [0, *(e + 1 for e in self.epochs), total_epochs + 1]
         return max(b - a for a, b in itertools.pairwise(points))
 
 
