@@ -158,6 +158,7 @@ def run_precision(args: argparse.Namespace, precision: str) -> dict[str, Any]:
         args.repeats,
     )
     logs = {name: estimate_log(arms.results[name][-1].callback) for name in ("observe", "hybrid")}
+    first = logs["observe"].first_epoch  # 0-based; printed 1-based
     plain_step = arms.median_step_seconds("plain")
     stats_step = arms.median_step_seconds("stats")
     warm = every_log.seconds[1:]
@@ -168,7 +169,7 @@ def run_precision(args: argparse.Namespace, precision: str) -> dict[str, Any]:
         "ratio_hybrid": arms.ratio("hybrid"),
         "estimates_observe": logs["observe"].num_estimates,
         "estimates_hybrid": logs["hybrid"].num_estimates,
-        "first_epoch_observe": logs["observe"].first_epoch,
+        "first_epoch_observe": None if first is None else first + 1,
         "overhead_observe": logs["observe"].overhead,
         "overhead_hybrid": logs["hybrid"].overhead,
         "products": every_log.products,
@@ -176,10 +177,11 @@ def run_precision(args: argparse.Namespace, precision: str) -> dict[str, Any]:
         "stats_step_ratio": arms.step_ratio("stats"),
         "stats_step_ms": 1000 * (stats_step - plain_step),
     }
+    batch = min(args.batch_size, args.samples)
     print(
-        f"{precision}: training step {result['step_ms']:.2f} ms (plain, B = {args.batch_size})\n"
+        f"{precision}: training step {result['step_ms']:.2f} ms (plain, B = {batch})\n"
         f"  wall ratio observe {result['ratio_observe']:.3f} "
-        f"({result['estimates_observe']} estimates, first at epoch "
+        f"({result['estimates_observe']} estimates, first at epoch (1-based) "
         f"{result['first_epoch_observe']}, measured overhead {result['overhead_observe']:.1%}); "
         f"hybrid {result['ratio_hybrid']:.3f} ({result['estimates_hybrid']} estimates, "
         f"overhead {result['overhead_hybrid']:.1%}); median of {args.repeats} paired repeats\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,29 @@ def test_main_prints_every_field_on_cpu(bench_gpu, capsys: pytest.CaptureFixture
     assert math.isfinite(row["stats_step_ratio"]) and row["stats_step_ratio"] > 0
     # The default budget still makes the first estimate by the end of epoch 2.
     assert row["estimates_observe"] >= 1
+
+
+def test_longest_gap_counts_the_start_and_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    harness = importlib.import_module("_harness")
+
+    def log(epochs: list[int]):
+        return harness.EstimateLog(len(epochs), 0, None, epochs, [], [], 0.0, 0.0)
+
+    # 0-based epochs 1, 4, 7 of 9: first at epoch 2, then every 3, one epoch left at the end.
+    assert log([1, 4, 7]).max_gap(9) == 3
+    # Nothing after 1-based epoch 5 of 9: epochs 6 to 9 make a gap of 5.
+    assert log([0, 4]).max_gap(9) == 5
+    assert log([]).max_gap(9) is None
+
+
+def test_paired_ratio_pairs_repeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    harness = importlib.import_module("_harness")
+    results = {
+        "plain": [harness.FitResult(s, harness.EpochTimer()) for s in (1.0, 2.0, 4.0)],
+        "cb": [harness.FitResult(s, harness.EpochTimer()) for s in (1.1, 2.4, 4.2)],
+    }
+    arms = harness.Arms(results)
+    assert arms.ratio("cb") == pytest.approx(statistics.median([1.1, 1.2, 1.05]))
+    assert arms.median_seconds("plain") == 2.0
