@@ -13,9 +13,11 @@ from random vectors. At the measured point, on the same probe, each part is time
 - **ends**: :meth:`spectrum_ends`, top-k and ``λ_min`` together (native: one Lanczos run;
   PyHessian: its two power iterations sharing the cap);
 - **trace**: after the ends (native: Hutch++ on the Lanczos basis; PyHessian: Hutchinson);
-- **noise**: :func:`~kramers_callback.noise.per_sample_noise` with the top-k directions;
-- **estimate()** whole, without line scans (as while descending) and with them; **scans** is
-  their difference (the same products; the forward passes are counted).
+- **noise**: :func:`~kramers_callback.noise.per_sample_noise` along the escape directions;
+- **scans**: the line scans along every escape direction (top-k in both signs, ``λ_min``'s
+  where negative), at the directional temperatures the estimate measured; probe-batch
+  forward passes counted;
+- **estimate()** whole, without line scans (as while descending) and with them.
 
 Cockpit (Schneider et al. 2021, ``cockpit-for-pytorch``), if it imports, runs on a copy of
 the same model: its ``"economy"`` configuration's extra time per training step (B = 32) and
@@ -49,11 +51,12 @@ from torch import Tensor, nn
 
 from kramers_callback._probe import ProbeLoss
 from kramers_callback.curvature import make_curvature
-from kramers_callback.estimate import KramersEstimate, estimate
+from kramers_callback.estimate import KramersEstimate, _directions, _scan_pathway, estimate
 from kramers_callback.examples import DigitsCNN, DigitsDataModule
 from kramers_callback.noise import per_sample_noise
 
 TOP_K, TOL, MAX_PRODUCTS, TRACE_TOL, TRACE_SAMPLES = 3, 1e-3, 300, 1e-2, 100
+KAPPA, SCAN_EVALS = 20.0, 60
 PROBE, PROBE_BATCH, BATCH, LR, MOMENTUM = 256, 64, 32, 0.05, 0.9
 
 
@@ -125,8 +128,11 @@ def parts(
                 )
             )
         out["trace"] = (seconds, curvature.num_products - before)
-    _, seconds = timed(lambda: per_sample_noise(probe, directions=ends.top.eigenvectors))
+    names, directions, curvatures = _directions(ends.top, ends.bottom)
+    # A direction and its negative share T_v (as in estimate()): one noise pass per line.
+    moments, seconds = timed(lambda: per_sample_noise(probe, directions=directions[::2]))
     out["noise"] = (seconds, 0)
+    slopes = (directions @ moments.mean_gradient).tolist()
     for scan in (False, True):
         est, seconds = timed(
             lambda scan=scan: estimate(
@@ -145,10 +151,23 @@ def parts(
         )
         out[f"estimate(), scans {'on' if scan else 'off'}"] = (seconds, est.num_hvp)
         out[f"forwards, scans {'on' if scan else 'off'}"] = (0.0, est.num_forward)
-    out["scans"] = (
-        out["estimate(), scans on"][0] - out["estimate(), scans off"][0],
-        out["forwards, scans on"][1] - out["forwards, scans off"][1],
-    )
+    # The line scans alone, at the temperatures estimate() measured along the same directions.
+    temperatures = {p.name: p.temperature for p in est.pathways}
+    fallback = statistics.median(temperatures.values())
+    before, started = probe.num_forward, time.perf_counter()
+    for name, direction, lam, slope in zip(names, directions, curvatures, slopes, strict=True):
+        _scan_pathway(
+            probe,
+            name=name,
+            direction=direction,
+            curvature=lam,
+            temperature=temperatures.get(name, fallback),
+            lr=est.lr,
+            kappa=KAPPA,
+            max_evals=SCAN_EVALS,
+            slope=slope,
+        )
+    out["scans"] = (time.perf_counter() - started, probe.num_forward - before)
     out["converged"] = (float(ends.top.converged and ends.bottom.converged), 0)
     out["lambda_max_value"] = (float(ends.top.eigenvalues[0]), 0)
     return out
@@ -193,10 +212,10 @@ def bench_cockpit(
     optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     every = schedules.linear(interval=1, offset=0)
 
-    def step(batch: tuple[Tensor, Tensor], ck: Any, index: int) -> float:
+    def step(batch: tuple[Tensor, Tensor], ck: Any, index: int, opt: Any = optimizer) -> float:
         x, y = batch
         started = time.perf_counter()
-        optimizer.zero_grad()
+        opt.zero_grad()
         logits = net(x)
         loss = loss_fn(logits, y)
         if ck is None:
@@ -206,13 +225,18 @@ def bench_cockpit(
                 "batch_size": len(y),
                 "individual_losses": F.cross_entropy(logits, y, reduction="none"),
                 "loss": loss,
-                "optimizer": optimizer,
+                "optimizer": opt,
             }
             with ck(index, info=info):
                 loss.backward(create_graph=ck.create_graph(index))
-        optimizer.step()
+        opt.step()
         return time.perf_counter() - started
 
+    # HessMaxEV first, at the probe's point: a zero step size keeps every repeat there.
+    frozen = torch.optim.SGD(net.parameters(), lr=0.0)
+    probe_plain = statistics.median(step(probe_batch, None, 0, frozen) for _ in range(repeats))
+    hess = cockpit.Cockpit(net.parameters(), quantities=[quantities.HessMaxEV(every)])
+    hess_s = [step(probe_batch, hess, i, frozen) - probe_plain for i in range(repeats)]
     batches = [b for _, b in zip(range(20), loader, strict=False)]
     economy = cockpit.Cockpit(net.parameters(), quantities=configuration("economy", every))
     plain_s, economy_s = [], []
@@ -221,12 +245,9 @@ def bench_cockpit(
         economy_s.append(step(batch, economy, index))
     keep = slice(2, None)  # the first steps pay one-time costs
     # Cockpit's quantities cache by step index: the economy steps are numbered consecutively.
-    probe_plain = statistics.median(step(probe_batch, None, 0) for _ in range(repeats))
     probe_economy = statistics.median(
         step(probe_batch, economy, len(batches) + i) for i in range(repeats)
     )
-    hess = cockpit.Cockpit(net.parameters(), quantities=[quantities.HessMaxEV(every)])
-    hess_s = [step(probe_batch, hess, i) - probe_plain for i in range(repeats)]
     value = float(hess.get_output()[0]["HessMaxEV"])
     return {
         "version": metadata.version("cockpit-for-pytorch"),
@@ -309,9 +330,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("\n".join(lines))
     print(
         "\nms / products (median of "
-        f"{args.repeats}); scans: extra ms and probe-batch forward passes of estimate() with "
-        "line scans against without; native ends are one Lanczos run, PyHessian's two power "
-        "iterations."
+        f"{args.repeats}); scans: ms / probe-batch forward passes; native ends are one Lanczos "
+        "run, PyHessian's two power iterations."
     )
     lam = {c: statistics.median(v[0] for v in results[c]["lambda_max_value"]) for c in columns}
     print("λ_max per column: " + ", ".join(f"{c} {v:.4g}" for c, v in lam.items()))
