@@ -162,6 +162,13 @@ class Arms:
             for a, b in zip(self.results[name], self.results[base], strict=True)
         )
 
+    def step_difference(self, name: str, base: str = "plain") -> float:
+        """Median of the paired differences of training seconds per step."""
+        return statistics.median(
+            a.timer.seconds_per_step() - b.timer.seconds_per_step()
+            for a, b in zip(self.results[name], self.results[base], strict=True)
+        )
+
     def median_step_seconds(self, name: str) -> float:
         return statistics.median(r.timer.seconds_per_step() for r in self.results[name])
 
@@ -192,6 +199,8 @@ class EstimateLog:
     first_epoch: int | None
     """0-based epoch of the first estimate (``None``: none ran)."""
     epochs: list[int]
+    statuses: list[str]
+    """The history's ``estimate`` of each (``"ok"``, ``"not_converged"``, …)."""
     seconds: list[float]
     products: list[int]
     """Hessian-vector products of each estimate."""
@@ -215,6 +224,7 @@ def estimate_log(callback: RecordingKramers) -> EstimateLog:
         num_deferred=callback.budget.num_deferred,
         first_epoch=ran[0]["epoch"] if ran else None,
         epochs=[int(h["epoch"]) for h in ran],
+        statuses=[str(h["estimate"]) for h in ran],
         seconds=[float(h["metrics"].get("kramers/estimate_seconds", float("nan"))) for h in ran],
         products=list(callback.products),
         overhead=float(callback.budget.overhead),

@@ -160,7 +160,6 @@ def run_precision(args: argparse.Namespace, precision: str) -> dict[str, Any]:
     logs = {name: estimate_log(arms.results[name][-1].callback) for name in ("observe", "hybrid")}
     first = logs["observe"].first_epoch  # 0-based; printed 1-based
     plain_step = arms.median_step_seconds("plain")
-    stats_step = arms.median_step_seconds("stats")
     warm = every_log.seconds[1:]
     result = {
         "precision": precision,
@@ -169,20 +168,22 @@ def run_precision(args: argparse.Namespace, precision: str) -> dict[str, Any]:
         "ratio_hybrid": arms.ratio("hybrid"),
         "estimates_observe": logs["observe"].num_estimates,
         "estimates_hybrid": logs["hybrid"].num_estimates,
+        "statuses_observe": logs["observe"].statuses,
         "first_epoch_observe": None if first is None else first + 1,
         "overhead_observe": logs["observe"].overhead,
         "overhead_hybrid": logs["hybrid"].overhead,
         "products": every_log.products,
         "estimate_ms": [1000 * s for s in every_log.seconds],
         "stats_step_ratio": arms.step_ratio("stats"),
-        "stats_step_ms": 1000 * (stats_step - plain_step),
+        "stats_step_ms": 1000 * arms.step_difference("stats"),
     }
     batch = min(args.batch_size, args.samples)
     print(
         f"{precision}: training step {result['step_ms']:.2f} ms (plain, B = {batch})\n"
         f"  wall ratio observe {result['ratio_observe']:.3f} "
         f"({result['estimates_observe']} estimates, first at epoch (1-based) "
-        f"{result['first_epoch_observe']}, measured overhead {result['overhead_observe']:.1%}); "
+        f"{result['first_epoch_observe']}, status {result['statuses_observe']}, measured "
+        f"overhead {result['overhead_observe']:.1%}); "
         f"hybrid {result['ratio_hybrid']:.3f} ({result['estimates_hybrid']} estimates, "
         f"overhead {result['overhead_hybrid']:.1%}); median of {args.repeats} paired repeats\n"
         f"  per estimate (estimate every epoch): products {fmt_list(every_log.products)}, "

@@ -102,7 +102,6 @@ def bench_model(name: str, epochs: int, repeats: int) -> dict[str, Any]:
     )
     logs = [estimate_log(r.callback) for r in arms.results["observe"]]
     log = logs[-1]
-    stats_step = arms.median_step_seconds("stats")
     plain_step = arms.median_step_seconds("plain")
     row = {
         "model": name,
@@ -114,17 +113,18 @@ def bench_model(name: str, epochs: int, repeats: int) -> dict[str, Any]:
         "estimate_epochs": [e + 1 for e in log.epochs],
         "max_gap": log.max_gap(epochs),
         "products": log.products,
+        "statuses": sorted({f"{log.statuses.count(k)}× {k}" for k in log.statuses}),
         "estimate_s": log.seconds,
         "overhead": [g.overhead for g in logs],
         "counted_overhead": log.counted_overhead,
         "step_ms": 1000 * plain_step,
         "stats_step_ratio": arms.step_ratio("stats"),
-        "stats_step_ms": 1000 * (stats_step - plain_step),
+        "stats_step_ms": 1000 * arms.step_difference("stats"),
     }
     print(
         f"  ratio {row['ratio']:.3f}; estimates {row['estimates']} at epochs "
         f"{row['estimate_epochs']} (1-based), products {row['products']}, seconds "
-        f"{[round(s, 2) for s in row['estimate_s']]}; measured overhead "
+        f"{[round(s, 2) for s in row['estimate_s']]}, {row['statuses']}; measured overhead "
         f"{[f'{o:.1%}' for o in row['overhead']]}, counted {row['counted_overhead']:.1%}; "
         f"step {row['step_ms']:.2f} ms, per-step statistics ×{row['stats_step_ratio']:.4f} "
         f"({row['stats_step_ms']:+.3f} ms)",
@@ -137,14 +137,15 @@ def table(rows: list[dict[str, Any]], repeats: int) -> str:
     lines = [
         "| model | epochs | plain fit (s) | wall ratio observe/plain | estimates (per repeat) "
         "| first at epoch | longest gap (epochs, end counted) | products per estimate "
-        "| measured overhead | counted overhead | step (ms) | per-step statistics |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| estimate status | measured overhead | counted overhead | step (ms) "
+        "| per-step statistics |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['epochs']} | {r['plain_s']:.2f} | {r['ratio']:.3f} "
             f"| {', '.join(map(str, r['estimates']))} | {r['first_epoch']} | {r['max_gap']} "
-            f"| {', '.join(map(str, r['products']))} "
+            f"| {', '.join(map(str, r['products']))} | {', '.join(r['statuses'])} "
             f"| {', '.join(f'{o:.1%}' for o in r['overhead'])} | {r['counted_overhead']:.1%} "
             f"| {r['step_ms']:.2f} | ×{r['stats_step_ratio']:.3f} ({r['stats_step_ms']:+.3f} ms) |"
         )

@@ -59,7 +59,7 @@ def test_longest_gap_counts_the_start_and_the_end(monkeypatch: pytest.MonkeyPatc
     harness = importlib.import_module("_harness")
 
     def log(epochs: list[int]):
-        return harness.EstimateLog(len(epochs), 0, None, epochs, [], [], 0.0, 0.0)
+        return harness.EstimateLog(len(epochs), 0, None, epochs, [], [], [], 0.0, 0.0)
 
     # 0-based epochs 1, 4, 7 of 9: first at epoch 2, then every 3, one epoch left at the end.
     assert log([1, 4, 7]).max_gap(9) == 3
