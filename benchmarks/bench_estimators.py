@@ -607,9 +607,9 @@ def barrier_table(data: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        f"Seed 8.1's determinant heuristic at ΔL/T = 5 gives ΔL ≈ "
+        f"The seed's determinant heuristic at ΔL/T = 5 gives ΔL ≈ "
         f"{fmt(data['logdet_heuristic_at_ratio_5'], 3)} (negative; the true barrier is 9/4), as "
-        "SPEC section 4 warns: it is not used by the estimate.",
+        "docs/theory.md section 3.2 warns: it is not used by the estimate.",
     ]
     return lines
 
