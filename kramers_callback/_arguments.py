@@ -89,6 +89,7 @@ class CallbackArguments:
     noise_stride: int = 16
     check_finite: bool = True
     strict: bool = True
+    report_at_estimates: bool = False
     verbose: bool = True
     full_size: EstimateSize = field(init=False)
 
@@ -160,7 +161,7 @@ class CallbackArguments:
             )
         put("noise_window", check_positive_int("noise_window", self.noise_window, minimum=2))
         put("noise_stride", check_positive_int("noise_stride", self.noise_stride))
-        for name in ("check_finite", "strict"):
+        for name in ("check_finite", "strict", "report_at_estimates"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         put("verbose", bool(self.verbose))

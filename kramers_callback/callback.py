@@ -209,6 +209,9 @@ class KramersCallback(Callback):
         strict: with a ``monitor``, raise a ``RuntimeError`` naming the metrics available at
             the first validation end (or, without validation, epoch end) that lacks it;
             ``False``: warn once and let the stop rule run without the monitor's guard.
+        report_at_estimates: also hand the report figure to the image-capable loggers after
+            every good estimate (it is always handed over at fit end). About a second of
+            drawing each time, and only where a logger takes images.
         verbose: log each estimate and each deferral at INFO level.
 
     Attributes:
@@ -250,6 +253,7 @@ class KramersCallback(Callback):
         noise_stride: int = 16,
         check_finite: bool = True,
         strict: bool = True,
+        report_at_estimates: bool = False,
         verbose: bool = True,
     ) -> None:
         super().__init__()
@@ -720,6 +724,8 @@ class KramersCallback(Callback):
             metrics=metrics,
         )
         self.history.append(entry)
+        if self.report_at_estimates and fresh is not None and fresh.ok:
+            self._log_report(trainer)
 
     def _knobs(self, optimizer: torch.optim.Optimizer) -> Knobs:
         assert self._layout is not None
@@ -865,17 +871,20 @@ class KramersCallback(Callback):
             cap=cap,
         )
 
+    def _log_report(self, trainer: pl.Trainer) -> None:
+        log_report_figure(
+            trainer,
+            self.history,
+            stop_reason=self.stop_reason.value,
+            config={
+                "trainer": {"max_epochs": trainer.max_epochs},
+                "kramers": {"compute_cost": self.compute_cost},
+            },
+        )
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.history:
-            log_report_figure(
-                trainer,
-                self.history,
-                stop_reason=self.stop_reason.value,
-                config={
-                    "trainer": {"max_epochs": trainer.max_epochs},
-                    "kramers": {"compute_cost": self.compute_cost},
-                },
-            )
+            self._log_report(trainer)
         if self._running_skipped and self.verbose:
             rank_zero_info(
                 "KramersCallback: the running noise estimate was skipped at steps whose window "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import statistics
+import warnings
 from pathlib import Path
 
 import pytest
@@ -36,8 +38,22 @@ def test_synthetic_data_is_fixed_by_its_seed(bench_gpu) -> None:
     assert len(a.train_set.tensors[1].unique()) > 1
 
 
+@pytest.fixture
+def restored_logging():
+    """The benchmark silences Lightning's loggers and warnings for its own process; put both
+    back, so later tests see the logging they expect."""
+    names = ("pytorch_lightning", "lightning.pytorch", "lightning.fabric")
+    levels = {name: logging.getLogger(name).level for name in names}
+    with warnings.catch_warnings():
+        yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
 @pytest.mark.slow
-def test_main_prints_every_field_on_cpu(bench_gpu, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_prints_every_field_on_cpu(
+    bench_gpu, capsys: pytest.CaptureFixture[str], restored_logging
+) -> None:
     result = bench_gpu.main(
         "--device cpu --precision 32-true --width 4 --samples 16 --image-size 8 --epochs 2 "
         "--estimate-epochs 2 --repeats 1".split()

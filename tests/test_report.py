@@ -406,3 +406,19 @@ def test_report_image_appears_in_tensorboard_after_a_run(tmp_path):
     _assert_same_table(read_tensorboard(logger.log_dir), from_history, names)
     assert report_main([str(tmp_path)]) == 0
     assert (Path(logger.log_dir) / "kramers_report.png").is_file()
+
+
+def test_report_at_each_estimate_reaches_tensorboard(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    cb = KramersCallback(
+        "observe", overhead_budget=math.inf, probe_size=32, probe_batch_size=32, top_k=1,
+        compute_trace=False, max_products=40, max_scan_evals=20, report_at_estimates=True,
+    )
+    fit = trainer(max_epochs=2, logger=logger, callbacks=[cb], log_every_n_steps=4)
+    fit.fit(TinyClassifier(), BlobsData())
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    # One image per good estimate (two epochs) and one at fit end, at the same last step.
+    steps = [image.step for image in events.Images("kramers/report")]
+    assert len(steps) == 3 and steps[0] < steps[1] == steps[2] == fit.global_step
