@@ -368,7 +368,11 @@ def _zero_rate_axis(ax: Any, run: RunMetrics, name: str) -> None:
     if _all_zero(run, name):
         ax.set_yticks([])
         ax.set_yticks([], minor=True)
-        _note(ax, "0 at every estimate:\nno barrier within reach of the temperature (κ·T_v)")
+        _note(
+            ax,
+            "0 at every estimate: no measured pathway (no barrier within\nreach of κ·T_v, "
+            "or no scan while descending): not a zero rate",
+        )
 
 
 def _panel_rate(ax: Any, run: RunMetrics) -> bool:

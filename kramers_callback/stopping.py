@@ -156,7 +156,12 @@ class TerminationRule:
                 f"KramersCallback stopped training after {epochs_completed} epochs: "
                 f"{_SETTLED[settled]}, and {expected:.3g} escapes expected on the measured "
                 f"pathways in the remaining {remaining_steps:.0f} steps is below 1/compute_cost "
-                f"= {1 / self.compute_cost:.3g}, for {self.wait_count} consecutive checks"
+                f"= {1 / self.compute_cost:.3g}, "
+                + (
+                    f"for {self.wait_count} consecutive checks"
+                    if self.wait_count > 1
+                    else "at this check"
+                )
                 + (", and the monitored metric stopped improving" if self.use_monitor else "")
             )
             return True
