@@ -17,10 +17,10 @@ import math
 
 from kramers_callback._validation import all_finite
 from kramers_callback.limits import ControlLimits
-from kramers_callback.observation import Decision, Observation
+from kramers_callback.observation import Decision
 from kramers_callback.policies import Policy, PolicyRule, TargetFn, TemperatureModel, policy_rule
 
-__all__ = ["decide", "decide_observation"]
+__all__ = ["decide"]
 
 
 def decide(
@@ -148,35 +148,4 @@ def decide(
         changed=(new_lr != lr or new_batch != batch_size),
         reason=reason,
         limited_by=tuple(model.limited_by),
-    )
-
-
-def decide_observation(
-    policy: Policy | str | PolicyRule,
-    observation: Observation,
-    *,
-    target_temperature: float | TargetFn,
-    limits: ControlLimits,
-) -> Decision:
-    """:func:`decide` at the knobs, noise and last good estimate of ``observation``
-    (which must have one: :meth:`~kramers_callback.observation.Observation.hold_reason`).
-
-    ``target_temperature`` is a signal's target: a constant ``T*`` or ``T*(η, B)``.
-    Cost: that of :func:`decide`.
-    """
-    good = observation.last_good
-    if good is None:
-        raise ValueError("observation.last_good must be an estimate summary, got None")
-    knobs = observation.knobs
-    return decide(
-        policy,
-        target_temperature=target_temperature,
-        lr=knobs.lr,
-        batch_size=knobs.batch_size,
-        noise_trace=observation.noise_trace,
-        dim=good.dim,
-        lambda_max=good.lambda_max,
-        limits=limits,
-        momentum=knobs.momentum,
-        dataset_size=observation.dataset_size,
     )
