@@ -39,6 +39,7 @@ METRICS = (
     "kramers/escape_rate",
     "kramers/escape_time",
     "kramers/expected_escapes",
+    "kramers/unmeasured_pathways",
     "kramers/estimate_seconds",
     "kramers/equilibrium",
     "kramers/phase",
@@ -58,6 +59,7 @@ ESTIMATE_METRICS = (
     "kramers/escape_rate",
     "kramers/escape_time",
     "kramers/expected_escapes",
+    "kramers/unmeasured_pathways",
     "kramers/estimate_seconds",
     "kramers/converged",
     "kramers/trace_converged",
@@ -108,6 +110,8 @@ def epoch_metrics(
                 "kramers/escape_rate": rate,
                 "kramers/escape_time": fresh.escape_time,
                 "kramers/expected_escapes": rate * observation.clock.remaining,
+                # The rate sums measured pathways only; these have none (not a zero rate).
+                "kramers/unmeasured_pathways": float(fresh.unmeasured_pathways),
                 "kramers/estimate_seconds": fresh.seconds,
                 # Only the solvers that decisions use; the trace is flagged on its own.
                 "kramers/converged": float(not fresh.failed_solvers),

@@ -86,6 +86,9 @@ class EstimateSummary:
     pathway_curvatures: tuple[float, ...] = ()
     pathway_barrier_curvatures: tuple[float, ...] = ()
     pathway_temperatures: tuple[float, ...] = ()
+    unmeasured_pathways: int = 0
+    """Escape directions without a Kramers rate (no barrier within reach of ``κ·T_v``,
+    downhill, the scan's limit, or not scanned): unmeasured pathways, not zero rates."""
 
     @classmethod
     def from_estimate(cls, est: KramersEstimate, *, work: float) -> EstimateSummary:
@@ -125,6 +128,7 @@ class EstimateSummary:
             pathway_curvatures=tuple(float(p.curvature) for p in barrier),
             pathway_barrier_curvatures=tuple(float(p.barrier_curvature) for p in barrier),  # type: ignore[arg-type]
             pathway_temperatures=tuple(float(p.temperature) for p in barrier),
+            unmeasured_pathways=len(est.pathways) - len(barrier),
         )
 
     @classmethod

@@ -272,3 +272,16 @@ def test_a_module_with_only_training_step_runs_and_logs_temperature_and_curvatur
         assert math.isfinite(value) and value > 0
     # The estimate's own training_step calls logged nothing: train_loss is the training's.
     assert "train_loss" in t.callback_metrics
+
+
+def test_unmeasured_pathways_are_counted_not_read_as_zero_rates():
+    cb = KramersCallback("observe", overhead_budget=math.inf, probe_size=64, top_k=1,
+                         max_scan_evals=10)
+    pl.seed_everything(0)
+    trainer(callbacks=[cb], max_epochs=2).fit(TinyClassifier(), datamodule=BlobsData())
+    est = cb.last_estimate
+    assert est is not None
+    unmeasured = sum(p.rate is None for p in est.pathways)
+    logged = cb.history[-1]["metrics"]["kramers/unmeasured_pathways"]
+    assert logged == unmeasured == len(est.pathways) - sum(p.rate is not None for p in est.pathways)
+    assert len(est.pathways) >= 2  # top-1 in both signs at least
