@@ -184,10 +184,13 @@ class KramersCallback(Callback):
         top_k, max_products, compute_trace, max_trace_samples, max_scan_evals: the full
             estimate size (see :func:`kramers_callback.estimate`); the budget may shrink it.
         estimate_options: more keywords for :func:`kramers_callback.estimate`, among
-            ``noise``, ``micro_batch_size``, ``backend``, ``kappa``, ``tol``, ``trace_tol``.
-        overhead_budget: estimation work as a fraction of training work (``inf``: every
-            epoch at full size).
-        compute_cost: ``c ≥ 0`` of the stop rule (``0`` never stops).
+            ``noise``, ``micro_batch_size``, ``backend``, ``kappa``, ``tol``, ``trace_tol``,
+            ``centre_probe``; checked at construction.
+        overhead_budget: estimation time as a fraction of the measured training time
+            (``inf``: every epoch at full size).
+        compute_cost: ``c ≥ 0`` of the stop rule (``0`` never stops): fewer than ``1/c``
+            expected escapes, and a cooling step removing less than ``1/c`` of the training
+            loss, are not worth continuing.
         min_epochs, patience, monitor, min_delta, mode: guards of the stop rule
             (:class:`~kramers_callback.stopping.TerminationRule`); ``monitor`` names a metric
             in ``trainer.callback_metrics`` that must have stopped improving.
