@@ -304,6 +304,7 @@ class KramersCallback(Callback):
         self._epoch_samples = 0
         self._samples_per_epoch = 0
         self._samples_seen = 0
+        self._batch_samples = 0
         self._step_samples = 0
         self._num_estimates = 0
         self._last_good: EstimateSummary | None = None
@@ -523,7 +524,7 @@ class KramersCallback(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        samples = batch_size_of(batch) * self._world_size
+        samples = self._batch_samples = batch_size_of(batch) * self._world_size
         self._step_samples += samples
         self._epoch_samples += samples
         self._samples_seen += samples
@@ -545,7 +546,7 @@ class KramersCallback(Callback):
             self._blocks.add(
                 loss,
                 batch_idx=batch_idx,
-                samples=batch_size_of(batch) * self._world_size,
+                samples=self._batch_samples,  # counted by on_train_batch_start
                 position=self._samples_seen,
             )
 
@@ -815,7 +816,7 @@ class KramersCallback(Callback):
             compute_cost=self.compute_cost,
             factor=self._cooling_factor,
         )
-        if regime.record.reason == "non-finite training loss" and not self.check_finite:
+        if not observation.loss_finite and not self.check_finite:
             rank_zero_warn(
                 f"KramersCallback: non-finite training loss in epoch {observation.epoch}: "
                 "decision skipped, keeping the last good settings."

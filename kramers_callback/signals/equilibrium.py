@@ -149,10 +149,17 @@ def equilibrium_test(
     window = list(dwell[n - max(min_blocks, n // 2) :]) if n >= min_blocks else []
     loss = math.fsum(b.mean for b in window) / len(window) if window else math.nan
 
-    def reading(statistic: float, slope: float, error: float, span: float, reason: str):
+    def reading(
+        statistic: float,
+        slope: float,
+        error: float,
+        span: float,
+        reason: str,
+        thermalized: bool = False,
+    ):
         return EquilibriumReading(
             statistic=statistic,
-            thermalized=statistic <= 1.0 and "thermalized" in reason,
+            thermalized=thermalized,
             slope=slope,
             slope_error=error,
             window_samples=span,
@@ -179,12 +186,14 @@ def equilibrium_test(
     drop = max(0.0, -slope) * span
     noise = NOISE_Z * error * span
     statistic = drop / max(gain, noise)
-    if statistic > 1.0:
-        verdict = "descending"
-    elif floor < min_floor_share * loss:
-        verdict = f"descending from the start (floor below {min_floor_share:g} of the loss)"
-    else:
+    in_basin = floor >= min_floor_share * loss
+    thermalized = statistic <= 1.0 and in_basin
+    if thermalized:
         verdict = "thermalized"
+    elif statistic > 1.0:
+        verdict = "descending"
+    else:
+        verdict = f"descending from the start (floor below {min_floor_share:g} of the loss)"
     return reading(
         statistic,
         slope,
@@ -192,6 +201,7 @@ def equilibrium_test(
         span,
         f"{verdict}: trend drop {drop:.3g} per window vs cooling gain {gain:.3g} and "
         f"trend noise {noise:.3g}",
+        thermalized,
     )
 
 
