@@ -24,7 +24,7 @@ from kramers_callback._validation import check_non_negative
 from kramers_callback.controller import decide
 from kramers_callback.limits import ControlLimits
 from kramers_callback.noise.temperature import effective_lr, isotropic_temperature
-from kramers_callback.observation import DecisionRecord, Observation
+from kramers_callback.observation import DecisionRecord, Observation, sampling_size
 from kramers_callback.policies import PolicyRule
 from kramers_callback.signals.equilibrium import EquilibriumReading
 from kramers_callback.signals.kramers_target import KramersTarget
@@ -121,17 +121,17 @@ def coldest_temperature(
     owns ``η``, ``batch_max`` where it owns ``B``; the current value of a knob it does not own),
     at the observation's noise. Cost: ``O(1)``."""
     knobs = observation.knobs
-    lr = limits.lr_min if rule.owns_lr else knobs.lr
-    batch = limits.batch_max if rule.owns_batch else knobs.batch_size
-    size = observation.dataset_size
+    # Never warmer than now: a bound above the current knob (lr_min > η) is not a cooling.
+    lr = min(limits.lr_min, knobs.lr) if rule.owns_lr else knobs.lr
+    batch = max(limits.batch_max, knobs.batch_size) if rule.owns_batch else knobs.batch_size
     if not (math.isfinite(observation.noise_trace) and observation.noise_trace >= 0):
         return math.nan
     return isotropic_temperature(
-        lr=effective_lr(lr=min(lr, knobs.lr), momentum=knobs.momentum),
+        lr=effective_lr(lr=lr, momentum=knobs.momentum),
         noise_trace=observation.noise_trace,
         dim=observation.dim,
-        batch_size=max(batch, knobs.batch_size),
-        dataset_size=size if size is not None and max(batch, knobs.batch_size) <= size else None,
+        batch_size=batch,
+        dataset_size=sampling_size(observation.dataset_size, batch),
     )
 
 
