@@ -15,12 +15,14 @@ from kramers_callback.noise.running import RunningNoiseEstimator
 from kramers_callback.observation import EstimateSummary
 
 if TYPE_CHECKING:
+    from kramers_callback._step_statistics import StepStatistics
     from kramers_callback.callback import KramersCallback
 
 __all__ = [
     "RUNNING_STATES",
     "STATE_VERSION",
     "WarmStart",
+    "adopt_legacy_key",
     "callback_state",
     "epoch_state",
     "layout_from_state",
@@ -87,28 +89,40 @@ def load_running(running: RunningNoiseEstimator, state: dict[str, Any]) -> None:
     )
 
 
+def adopt_legacy_key(checkpoint: dict[str, Any], key: str) -> None:
+    """File a state written under the 0.x key ``KramersCallback{'policy': ...,
+    'probe_seed': ...}`` under ``key``, the class name (in place)."""
+    states = checkpoint.get("callbacks")
+    if not isinstance(states, dict) or key in states:
+        return
+    legacy = [k for k in states if isinstance(k, str) and k.startswith(key + "{")]
+    if len(legacy) == 1:
+        states[key] = states.pop(legacy[0])
+
+
 def callback_state(cb: KramersCallback) -> dict[str, Any]:
     """``KramersCallback.state_dict``: plain Python values and tensors only."""
-    warm, good, indices = cb._warm, cb._last_good, cb._probe.indices
+    estimates, decision = cb._estimates, cb._decision
+    warm, good, indices = estimates.warm, decision.last_good, estimates.probe.indices
     return {
         "version": STATE_VERSION,
         "arguments": cb._arguments.resume_state(),
         "probe_indices": list(indices) if indices else None,
-        "initial_lr": cb._initial_lr,
-        "initial_batch": cb._initial_batch,
-        "layout": layout_to_state(cb._layout),
-        "samples_seen": cb._samples_seen,
-        "epoch": epoch_state(cb),
-        "batch_pinned": cb._batch_pinned,
-        "num_estimates": cb._num_estimates,
+        "initial_lr": decision.initial_lr,
+        "initial_batch": decision.initial_batch,
+        "layout": layout_to_state(cb._batches.layout),
+        "samples_seen": cb._steps.samples_seen,
+        "epoch": epoch_state(cb._steps),
+        "batch_pinned": cb._batches.pinned,
+        "num_estimates": estimates.num_estimates,
         "last_good": None if good is None else good.to_state(),
         "warm_eigenvectors": None if warm is None else warm.eigenvectors,
         "warm_min_eigenvector": None if warm is None else warm.min_eigenvector,
         "adaptive_warned": cb._adaptive_warned,
-        "budget": cb.budget.state_dict(),
+        "budget": estimates.budget.state_dict(),
         "termination": cb.termination.state_dict(),
-        "dwell": cb._dwell.state_dict(),
-        "first_dwell": cb._first_dwell,
+        "dwell": decision.dwell.state_dict(),
+        "first_dwell": decision.first_dwell,
         "history": [dict(h) for h in cb.history],
     }
 
@@ -124,55 +138,56 @@ def load_callback_state(cb: KramersCallback, state: dict[str, Any]) -> None:
         verbose=cb.verbose,
     )
     cb._fitted = False  # the next fit continues this state
-    cb._probe.indices = None if indices is None else [int(i) for i in indices]
-    cb._initial_lr = state.get("initial_lr")
-    cb._initial_batch = state.get("initial_batch")
-    cb._restored_layout = state.get("layout")
-    cb._samples_seen = int(state.get("samples_seen", 0))
-    cb._restored_epoch = state.get("epoch")
-    cb._batch_pinned = bool(state.get("batch_pinned", False))
-    cb._num_estimates = int(state.get("num_estimates", 0))
+    estimates, decision = cb._estimates, cb._decision
+    estimates.probe.indices = None if indices is None else [int(i) for i in indices]
+    decision.initial_lr = state.get("initial_lr")
+    decision.initial_batch = state.get("initial_batch")
+    cb._batches.restored = state.get("layout")
+    cb._steps.samples_seen = int(state.get("samples_seen", 0))
+    cb._steps.restored = state.get("epoch")
+    cb._batches.pinned = bool(state.get("batch_pinned", False))
+    estimates.num_estimates = int(state.get("num_estimates", 0))
     good = state.get("last_good")
-    cb._last_good = None if good is None else EstimateSummary.from_state(good)
+    decision.last_good = None if good is None else EstimateSummary.from_state(good)
     vectors, minimum = state.get("warm_eigenvectors"), state.get("warm_min_eigenvector")
-    cb._warm = None if vectors is None else WarmStart(vectors, minimum)
+    estimates.warm = None if vectors is None else WarmStart(vectors, minimum)
     cb._adaptive_warned = bool(state.get("adaptive_warned", False))
-    cb.budget.load_state_dict(state.get("budget", {}))
+    estimates.budget.load_state_dict(state.get("budget", {}))
     cb.termination.load_state_dict(state.get("termination", {}))
-    cb._dwell.load_state_dict(state.get("dwell"))
-    cb._first_dwell = bool(state.get("first_dwell", True))
+    decision.dwell.load_state_dict(state.get("dwell"))
+    decision.first_dwell = bool(state.get("first_dwell", True))
     cb.history = [dict(h) for h in state.get("history", [])]
 
 
-def epoch_state(cb: KramersCallback) -> dict[str, Any] | None:
+def epoch_state(steps: StepStatistics) -> dict[str, Any] | None:
     """The state of the epoch in progress, which ``on_train_epoch_start`` sets up and which
     Lightning does not set up again when it resumes from a checkpoint written inside an
     epoch (mid-epoch, or at its end before ``on_train_epoch_end``: a ModelCheckpoint
     saving after validation). Plain Python numbers only."""
-    running = cb._running
-    if running is None or cb._loss_sum is None:
-        return cb._restored_epoch  # not started yet: pass a restored state through
+    running = steps.running
+    if running is None or steps.loss_sum is None:
+        return steps.restored  # not started yet: pass a restored state through
     return {
-        "samples_per_epoch": cb._samples_per_epoch,
-        "epoch_samples": cb._epoch_samples,
-        "epoch_steps": cb._epoch_steps,
-        "step_samples": cb._step_samples,
-        "loss_sum": float(cb._loss_sum),
+        "samples_per_epoch": steps.samples_per_epoch,
+        "epoch_samples": steps.epoch_samples,
+        "epoch_steps": steps.epoch_steps,
+        "step_samples": steps.step_samples,
+        "loss_sum": float(steps.loss_sum),
         "running": running_to_state(running),
-        "loss_blocks": cb._blocks.state_dict(),
+        "loss_blocks": steps.blocks.state_dict(),
     }
 
 
-def restore_epoch_state(cb: KramersCallback) -> None:
+def restore_epoch_state(steps: StepStatistics) -> None:
     """Put back a checkpoint's epoch state (once; ``on_train_epoch_start`` overwrites it
     when Lightning starts a new epoch rather than finishing the checkpoint's)."""
-    state, cb._restored_epoch = cb._restored_epoch, None
-    if not state or cb._running is None or cb._loss_sum is None:
+    state, steps.restored = steps.restored, None
+    if not state or steps.running is None or steps.loss_sum is None:
         return
-    cb._samples_per_epoch = int(state.get("samples_per_epoch", cb._samples_per_epoch))
-    cb._epoch_samples = int(state.get("epoch_samples", 0))
-    cb._epoch_steps = int(state.get("epoch_steps", 0))
-    cb._step_samples = int(state.get("step_samples", 0))
-    cb._loss_sum.fill_(float(state.get("loss_sum", 0.0)))
-    load_running(cb._running, state.get("running") or {})
-    cb._blocks.load_state_dict(state.get("loss_blocks"))
+    steps.samples_per_epoch = int(state.get("samples_per_epoch", steps.samples_per_epoch))
+    steps.epoch_samples = int(state.get("epoch_samples", 0))
+    steps.epoch_steps = int(state.get("epoch_steps", 0))
+    steps.step_samples = int(state.get("step_samples", 0))
+    steps.loss_sum.fill_(float(state.get("loss_sum", 0.0)))
+    load_running(steps.running, state.get("running") or {})
+    steps.blocks.load_state_dict(state.get("loss_blocks"))

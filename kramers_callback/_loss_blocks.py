@@ -9,7 +9,7 @@ block positions and sample counts are host-side integers, identical on every ran
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -108,7 +108,7 @@ class Dwell:
     def __init__(self) -> None:
         self.blocks: list[LossBlock] = []
 
-    def extend(self, blocks: list[LossBlock]) -> None:
+    def extend(self, blocks: Iterable[LossBlock]) -> None:
         self.blocks.extend(blocks)
 
     def reset(self) -> None:

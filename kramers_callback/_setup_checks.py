@@ -1,16 +1,19 @@
 """The setups ``KramersCallback`` refuses, each with a message that says what to change.
 
-Lightning glue: every function raises ``MisconfigurationException`` for one unsupported setup
-and returns otherwise.
+Lightning glue: every ``check_*`` function raises ``MisconfigurationException`` for one
+unsupported setup and returns otherwise, but :func:`check_monitor`, which runs during training
+and raises or warns as EarlyStopping's ``strict`` does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.model_helpers import is_overridden
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader
 
@@ -22,12 +25,14 @@ from kramers_callback.policies import PolicyRule
 __all__ = [
     "check_accumulation_owner",
     "check_fit_loop",
+    "check_monitor",
     "check_noise_option",
     "check_optimizer",
     "check_schedule",
     "check_top_k_fits",
     "check_train_loader",
     "check_unread_batch_attribute",
+    "validates",
 ]
 
 _SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
@@ -157,3 +162,30 @@ def check_unread_batch_attribute(
         f"train dataloader (batch_size={loader_batch}); changing the batch "
         "size through trainer.accumulate_grad_batches instead."
     )
+
+
+def validates(trainer: pl.Trainer) -> bool:
+    """Whether this fit can run a validation loop (a ``validation_step`` and batches to run)."""
+    module = trainer.lightning_module
+    return bool(trainer.limit_val_batches) and is_overridden("validation_step", module)
+
+
+def check_monitor(
+    monitor: str | None, metrics: Mapping[str, Any], *, strict: bool, where: str
+) -> bool:
+    """EarlyStopping's ``strict``: a ``monitor`` that is never logged would leave the stop
+    rule's guard silently open, so say so at the first chance (the end of a validation, or of
+    a training epoch where none runs), naming what is logged. ``strict``: raise a
+    ``RuntimeError``; else warn. Returns whether it warned (the caller warns once)."""
+    if monitor is None or monitor in metrics:
+        return False
+    available = sorted(metrics)
+    message = (
+        f"KramersCallback: monitor={monitor!r} is not among the metrics logged by the "
+        f"end of this {where} (available: {available}), so the stop rule cannot check it. "
+        f"Log it (self.log({monitor!r}, ...)) or pass monitor=None"
+    )
+    if strict:
+        raise RuntimeError(message + "; strict=False only warns.")
+    rank_zero_warn(message + "; until it appears the stop rule runs without it. Warned once.")
+    return True

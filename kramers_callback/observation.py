@@ -9,7 +9,6 @@ logs both. Everything here is plain numbers: broadcastable across ranks and chec
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -27,6 +26,8 @@ __all__ = [
     "Horizon",
     "Knobs",
     "Observation",
+    "RunningNoise",
+    "epochs_left",
     "observe",
     "sampling_size",
 ]
@@ -243,11 +244,30 @@ class Horizon:
         """The budget left after epoch ``epoch`` (0-based) of a Trainer's ``max_epochs`` and
         ``max_steps`` (``None`` or negative: no bound). Cost: O(1)."""
         samples_left, steps_left = math.inf, math.inf
-        if max_epochs is not None and max_epochs >= 0:
-            samples_left = (max_epochs - (epoch + 1)) * samples_per_epoch
+        epochs = epochs_left(epoch, max_epochs)
+        if math.isfinite(epochs):
+            samples_left = epochs * samples_per_epoch
         if max_steps is not None and max_steps >= 0:
             steps_left = float(max_steps - global_step)
         return cls(samples_seen, samples_left, steps_left, global_step)
+
+
+def epochs_left(epoch: int, max_epochs: int | None) -> float:
+    """Whole epochs of ``max_epochs`` after epoch ``epoch`` (0-based); ``inf`` without a bound
+    (``None`` or negative). Cost: O(1)."""
+    if max_epochs is None or max_epochs < 0:
+        return math.inf
+    return float(max(max_epochs - (epoch + 1), 0))
+
+
+@dataclass(frozen=True)
+class RunningNoise:
+    """One epoch's running two-batch noise
+    (:class:`~kramers_callback.noise.running.RunningNoiseEstimator`); ``nan`` where no window
+    was sampled."""
+
+    noise_trace: float = math.nan
+    noise_scale: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -364,7 +384,7 @@ def observe(
     horizon: Horizon,
     knobs: Knobs,
     fresh: EstimateSummary | None,
-    running: Mapping[str, float],
+    running: RunningNoise,
     last_good: EstimateSummary | None,
     dataset_size: int | None,
     dim: int,
@@ -374,8 +394,8 @@ def observe(
     first_dwell: bool = True,
 ) -> Observation:
     """The :class:`Observation` of one epoch end. The noise ``tr Σ₁`` now: a fresh estimate,
-    else (after a non-finite training loss: none) the running two-batch noise (``running``:
-    its ``noise_trace`` and ``noise_scale``), else the last good estimate's; the temperature
+    else (after a non-finite training loss: none) the running two-batch noise (``running``),
+    else the last good estimate's; the temperature
     is :func:`~kramers_callback.noise.temperature.isotropic_temperature` of it at ``knobs``.
     Cost: O(1)."""
     batch = knobs.batch_size
@@ -384,8 +404,8 @@ def observe(
         noise_trace, source = fresh.noise_trace, "estimate"
     elif not loss_finite:  # older numbers would read as current after a NaN loss
         noise_trace, source = math.nan, "none"
-    elif all_finite(running["noise_trace"]) and running["noise_trace"] > 0:
-        noise_trace, source = running["noise_trace"], "running"
+    elif all_finite(running.noise_trace) and running.noise_trace > 0:
+        noise_trace, source = running.noise_trace, "running"
     elif last_good is not None:
         noise_trace, source = last_good.noise_trace, "last_estimate"
     else:
@@ -409,7 +429,7 @@ def observe(
         noise_source=source,
         noise_scale=fresh.noise_scale
         if fresh is not None and fresh.measured
-        else running["noise_scale"],
+        else running.noise_scale,
         dim=dim,
         dataset_size=size,
         fresh=fresh,

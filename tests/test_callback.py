@@ -189,7 +189,7 @@ def test_sgd_with_momentum_measures_the_effective_step():
 
 
 def test_adamw_runs_with_one_warning_and_a_preconditioner(monkeypatch):
-    import kramers_callback.callback as module
+    import kramers_callback._estimate_schedule as module
 
     seen = []
     real = module.run_estimate

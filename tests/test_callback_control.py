@@ -26,7 +26,7 @@ from lightning_helpers import (
     trainer,
 )
 
-import kramers_callback.callback as callback_module
+import kramers_callback._estimate_schedule as schedule_module
 from kramers_callback.callback import KramersCallback
 from kramers_callback.stopping import StopReason
 
@@ -181,7 +181,7 @@ def test_non_finite_training_loss_keeps_the_last_good_settings():
     ],
 )
 def test_a_bad_estimate_is_flagged_and_not_acted_on(monkeypatch, corrupt, warning, reason):
-    real = callback_module.run_estimate
+    real = schedule_module.run_estimate
     calls = []
 
     def second_is_bad(*args, **kwargs):
@@ -189,7 +189,7 @@ def test_a_bad_estimate_is_flagged_and_not_acted_on(monkeypatch, corrupt, warnin
         calls.append(est)
         return corrupt(est) if len(calls) == 3 else est
 
-    monkeypatch.setattr(callback_module, "run_estimate", second_is_bad)
+    monkeypatch.setattr(schedule_module, "run_estimate", second_is_bad)
     cb = KramersCallback("hybrid", **WELL)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -14,7 +14,7 @@ import torch
 from lightning_helpers import BlobsData, TinyClassifier, trainer
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-import kramers_callback.callback as callback_module
+import kramers_callback._estimate_schedule as schedule_module
 from kramers_callback.callback import KramersCallback
 from kramers_callback.stopping import StopReason
 
@@ -47,13 +47,13 @@ def fit_blobs(cb, *, epochs=2, module=None, data=None, **trainer_kwargs):
     ],
 )
 def test_probe_batches_follow_the_precision_plugin(monkeypatch, precision, dtype, rounding):
-    real, seen = callback_module.run_estimate, []
+    real, seen = schedule_module.run_estimate, []
 
     def spy(model, loss_fn, batches, **kwargs):
         seen.append(([b[0] for b in batches], torch.is_autocast_enabled("cpu")))
         return real(model, loss_fn, batches, **kwargs)
 
-    monkeypatch.setattr(callback_module, "run_estimate", spy)
+    monkeypatch.setattr(schedule_module, "run_estimate", spy)
     cb = KramersCallback("hybrid", **QUICK)
     try:
         with warnings.catch_warnings():
@@ -63,7 +63,7 @@ def test_probe_batches_follow_the_precision_plugin(monkeypatch, precision, dtype
         pytest.skip(f"precision={precision!r} unsupported here: {err}")
     assert [h["estimate"] for h in cb.history] == ["ok", "ok"]
     assert cb.last_estimate is not None and cb.last_estimate.eigenvectors.dtype == dtype
-    data = BlobsData().train_set.tensors[0][cb._probe.indices]
+    data = BlobsData().train_set.tensors[0][cb._estimates.probe.indices]
     for inputs, autocast in seen:
         assert not autocast  # estimation never runs under autocast
         assert torch.cat(inputs).dtype == dtype
@@ -144,7 +144,7 @@ def test_a_changed_policy_carries_the_state_over(tmp_path):
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
     assert repr(resumed.history[:2]) == repr(first.history)  # repr: nan == nan
     assert resumed.budget.num_estimates == 3
-    assert resumed._probe.indices == first._probe.indices
+    assert resumed._estimates.probe.indices == first._estimates.probe.indices
     last = resumed.history[-1]  # observe from now on: the knobs stay
     assert (last["lr"], last["batch_size"]) == (last["lr_before"], last["batch_before"])
 
@@ -153,7 +153,7 @@ def test_a_changed_probe_seed_keeps_the_stored_probe_and_warns(tmp_path):
     first, path = checkpoint_after_two_epochs(tmp_path)
     with pytest.warns(UserWarning, match=r"probe_seed=7 .* probe_seed=0: the stored probe set"):
         resumed = resume(path, probe_seed=7)
-    assert resumed._probe.indices == first._probe.indices
+    assert resumed._estimates.probe.indices == first._estimates.probe.indices
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
 
 

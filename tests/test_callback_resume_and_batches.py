@@ -29,6 +29,7 @@ from kramers_callback._batch_size import (
     max_loader_batch,
     num_loader_batches,
 )
+from kramers_callback._callback_state import restore_epoch_state
 from kramers_callback.callback import KramersCallback
 from kramers_callback.examples._sampler import EpochSeededSampler
 
@@ -101,10 +102,11 @@ def test_epoch_state_round_trips_through_a_weights_only_load(tmp_path):
     t = trainer(callbacks=[cb], max_epochs=1)
     t.fit(DoubleWellModule(lr=LR), datamodule=DoubleWellDataModule(num_samples=SAMPLES))
     # Fake an epoch in progress: half the samples, a partial running estimate, a NaN loss.
-    cb._epoch_samples, cb._epoch_steps, cb._step_samples = 400, 25, 16
-    cb._loss_sum.fill_(math.nan)
-    cb._running.update(torch.ones(2), 16)
-    cb._running.update(torch.zeros(2), 16)
+    steps = cb._steps
+    steps.epoch_samples, steps.epoch_steps, steps.step_samples = 400, 25, 16
+    steps.loss_sum.fill_(math.nan)
+    steps.running.update(torch.ones(2), 16)
+    steps.running.update(torch.zeros(2), 16)
     state = cb.state_dict()
     path = tmp_path / "state.pt"
     torch.save(state, path)
@@ -114,19 +116,16 @@ def test_epoch_state_round_trips_through_a_weights_only_load(tmp_path):
     restored.load_state_dict(loaded)
     # Before fit, a restored state passes through unchanged (a re-saved checkpoint keeps it).
     assert repr(restored.state_dict()["epoch"]) == repr(state["epoch"])
-    restored._running = type(cb._running)(window=cb.noise_window, dataset_size=SAMPLES)
-    restored._loss_sum = torch.zeros(())
-    restored._restore_epoch_state()
-    assert (restored._epoch_samples, restored._epoch_steps, restored._step_samples) == (
-        400,
-        25,
-        16,
-    )
-    assert math.isnan(float(restored._loss_sum))
-    restored_noise = {k: float(v) for k, v in restored._running.compute().items()}
-    assert restored_noise == {k: float(v) for k, v in cb._running.compute().items()}
+    back = restored._steps
+    back.running = type(steps.running)(window=cb.noise_window, dataset_size=SAMPLES)
+    back.loss_sum = torch.zeros(())
+    restore_epoch_state(back)
+    assert (back.epoch_samples, back.epoch_steps, back.step_samples) == (400, 25, 16)
+    assert math.isnan(float(back.loss_sum))
+    restored_noise = {k: float(v) for k, v in back.running.compute().items()}
+    assert restored_noise == {k: float(v) for k, v in steps.running.compute().items()}
     assert restored_noise["noise_trace"] > 0  # a pair was in: the test restores something
-    assert restored._restored_epoch is None  # applied once
+    assert back.restored is None  # applied once
 
 
 # -- 2. GradientAccumulationScheduler ---------------------------------------------------------
@@ -253,7 +252,7 @@ def test_a_loader_passed_to_fit_grows_the_batch_by_accumulation():
     t = trainer(callbacks=[cb, sizes], max_epochs=4)
     module = HparamsWell(lr=LR)
     t.fit(module, train_dataloaders=data.train_dataloader())
-    assert cb._mechanism is BatchMechanism.ACCUMULATION
+    assert cb._batches.mechanism is BatchMechanism.ACCUMULATION
     assert any(h["batch_size"] != 16 for h in cb.history)
     for epoch in range(1, len(cb.history)):
         k = cb.history[epoch - 1]["batch_size"] // 16
@@ -286,7 +285,7 @@ def test_a_loader_that_ignores_the_batch_size_falls_back_to_accumulation():
         t.fit(DoubleWellModule(lr=LR), datamodule=data)
     ignored = [w for w in caught if "does not read it" in str(w.message)]
     assert len(ignored) == 1
-    assert cb._mechanism is BatchMechanism.ACCUMULATION
+    assert cb._batches.mechanism is BatchMechanism.ACCUMULATION
     assert data.batch_size == 16  # put back: the attribute sizes nothing
     # The B each decision starts from is the one its epoch really trained with.
     for h in cb.history:
@@ -304,7 +303,7 @@ def test_beside_a_scheduler_a_loader_that_ignores_the_batch_size_pins_the_batch(
     t = trainer(callbacks=[cb, gas, sizes], max_epochs=6)
     with pytest.warns(UserWarning, match="stays at B = 16"):
         t.fit(DoubleWellModule(lr=LR), datamodule=CachedLoaderData(num_samples=SAMPLES))
-    assert cb._batch_pinned
+    assert cb._batches.pinned
     assert t.accumulate_grad_batches == 2  # the scheduler's
     pinned_from = next(h["epoch"] for h in cb.history if h["batch_size"] != 16) + 1
     later = cb.history[pinned_from:]

@@ -1,0 +1,199 @@
+"""One epoch end's decision: the observation, the regime and the policy's move, and this rank's
+answer to the stop rule.
+
+The glue between the measurements and the actuators, free of the Trainer: the callback hands
+in the numbers (knobs, horizon, this epoch's estimate and step statistics), and applies,
+reduces and logs what comes back. :class:`DecisionStep` keeps what the decisions carry from one
+epoch end to the next (checkpointed by :mod:`kramers_callback._callback_state`).
+"""
+
+from __future__ import annotations
+
+import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+
+from kramers_callback import _optimizer as optim_io
+from kramers_callback._arguments import CallbackArguments
+from kramers_callback._batch_size import BatchLayout
+from kramers_callback._loss_blocks import Dwell
+from kramers_callback._step_statistics import EpochStatistics
+from kramers_callback.limits import ControlLimits, control_limits
+from kramers_callback.noise.floor import cooling_factor
+from kramers_callback.observation import (
+    Decision,
+    EstimateSummary,
+    Horizon,
+    Knobs,
+    Observation,
+    observe,
+)
+from kramers_callback.policies import PolicyRule
+from kramers_callback.regime import RegimeDecision, choose
+from kramers_callback.signals import EquilibriumSignal, KramersTargetSignal
+from kramers_callback.stopping import TerminationRule
+
+__all__ = ["DecisionStep", "knobs_of"]
+
+
+def knobs_of(optimizer: torch.optim.Optimizer, batch_size: int) -> Knobs:
+    """The :class:`~kramers_callback.observation.Knobs` of ``optimizer`` at ``batch_size``."""
+    momentum, damping = optim_io.momentum_of(optimizer)
+    lr = optim_io.lr_of(optimizer) * damping
+    return Knobs(lr, batch_size, momentum=momentum, damping=damping)
+
+
+class DecisionStep:
+    """The signals, the stop rule and the state the decisions of one fit share.
+
+    Args:
+        arguments: the callback's arguments (the bounds, the stop rule's, ``check_finite``).
+        rule: the policy's rule.
+
+    Attributes:
+        termination: the :class:`~kramers_callback.stopping.TerminationRule`.
+        initial_lr, initial_batch: the first fit's knobs, the default bounds.
+        last_good: the last estimate with ``status == "ok"``.
+        dwell: the loss blocks since the temperature last changed.
+        first_dwell: whether no change of ``η`` or ``B`` has happened yet.
+    """
+
+    def __init__(self, arguments: CallbackArguments, rule: PolicyRule) -> None:
+        self.arguments = arguments
+        self.rule = rule
+        self.cooling_factor = cooling_factor(max_change=arguments.max_change)
+        self.target_signal = KramersTargetSignal()
+        self.equilibrium_signal = EquilibriumSignal(factor=self.cooling_factor)
+        self.termination = TerminationRule(
+            compute_cost=arguments.compute_cost,
+            min_epochs=arguments.min_epochs,
+            patience=arguments.patience,
+            min_delta=arguments.min_delta,
+            mode=arguments.mode,
+            use_monitor=arguments.monitor is not None,
+        )
+        self.initial_lr: float | None = None
+        self.initial_batch: int | None = None
+        self.dataset_size: int | None = None
+        self.dim = 0
+        self.last_good: EstimateSummary | None = None
+        self.dwell = Dwell()
+        self.first_dwell = True
+
+    def start(self, *, lr: float, batch_size: int, dataset_size: int, dim: int) -> None:
+        """At train start: the knobs (kept from the first fit on a resume), the training-set
+        size and the trainable dimension."""
+        if self.initial_lr is None:
+            self.initial_lr = lr
+        if self.initial_batch is None:
+            self.initial_batch = batch_size
+        self.dataset_size = dataset_size
+        self.dim = dim
+
+    def add_epoch(self, fresh: EstimateSummary | None, statistics: EpochStatistics) -> None:
+        """Add the epoch's loss blocks to the dwell, and ``fresh`` (if good) as the last good."""
+        self.dwell.extend(statistics.loss_blocks)
+        if fresh is not None and fresh.ok:
+            self.last_good = fresh
+
+    def observe(
+        self,
+        *,
+        epoch: int,
+        horizon: Horizon,
+        knobs: Knobs,
+        fresh: EstimateSummary | None,
+        statistics: EpochStatistics,
+        monitor: float | None,
+    ) -> Observation:
+        """This epoch end's :class:`~kramers_callback.observation.Observation` (after
+        :meth:`add_epoch`)."""
+        return observe(
+            epoch=epoch,
+            horizon=horizon,
+            knobs=knobs,
+            fresh=fresh,
+            running=statistics.running,
+            last_good=self.last_good,
+            dataset_size=self.dataset_size,
+            dim=self.dim,
+            loss_finite=statistics.loss_finite,
+            monitor=monitor,
+            loss_blocks=tuple(self.dwell.blocks),
+            first_dwell=self.first_dwell,
+        )
+
+    def limits(
+        self,
+        knobs: Knobs,
+        layout: BatchLayout,
+        *,
+        samples_per_epoch: int,
+        pinned: bool,
+        cap: int | None,
+    ) -> ControlLimits:
+        """The clamps of this decision (:func:`kramers_callback.limits.control_limits`)."""
+        assert self.initial_lr is not None and self.initial_batch is not None
+        arguments = self.arguments
+        return control_limits(
+            initial_lr=self.initial_lr,
+            initial_batch=self.initial_batch,
+            lr_min=arguments.lr_min,
+            lr_max=arguments.lr_max,
+            batch_min=arguments.batch_min,
+            batch_max=arguments.batch_max,
+            max_change=arguments.max_change,
+            samples_per_epoch=samples_per_epoch,
+            unit=layout.unit,
+            samples_per_step=layout.samples_per_step,
+            damping=knobs.damping,
+            pinned=pinned,
+            cap=cap,
+        )
+
+    def choose(self, observation: Observation, limits: ControlLimits) -> RegimeDecision:
+        """The signals' readings, the phase and the policy's decision, or why the knobs are
+        held (:func:`kramers_callback.regime.choose`)."""
+        target = None
+        if observation.last_good is not None and observation.hold_reason() is None:
+            target = self.target_signal.read(observation)
+        regime = choose(
+            observation,
+            rule=self.rule,
+            limits=limits,
+            equilibrium=self.equilibrium_signal.read(observation),
+            target=target,
+            compute_cost=self.arguments.compute_cost,
+            factor=self.cooling_factor,
+        )
+        if not observation.loss_finite and not self.arguments.check_finite:
+            rank_zero_warn(
+                f"KramersCallback: non-finite training loss in epoch {observation.epoch}: "
+                "decision skipped, keeping the last good settings."
+            )
+        return regime
+
+    def note_applied(self, decision: Decision | None) -> None:
+        """Note the decision the actuators applied."""
+        if decision is not None and decision.changed:
+            # A new temperature: the next equilibrium is a new dwell.
+            self.dwell.reset()
+            self.first_dwell = False
+
+    def stop(self, observation: Observation, regime: RegimeDecision) -> bool:
+        """This rank's answer: seed 6.3's rule on the measured pathways, once nothing is left
+        to gain from cooling (docs/theory.md, "The equilibrium regime"), or a non-finite
+        training loss under ``check_finite``."""
+        termination = self.termination
+        if self.arguments.check_finite and not observation.loss_finite:
+            termination.stop_non_finite(observation.epoch + 1)
+            return True
+        if observation.hold_reason() is None and observation.loss_finite:
+            good = observation.last_good
+            return termination.check(
+                rate=good.escape_rate if good is not None else 0.0,
+                remaining_steps=observation.clock.remaining,
+                epochs_completed=observation.epoch + 1,
+                settled=regime.settled,
+                monitor_value=observation.monitor,
+            )
+        return False

@@ -1,0 +1,178 @@
+"""What the training steps leave for the epoch end: sample counts, the training loss (its sum
+and blocks) and the running two-batch noise estimate.
+
+Torch plumbing for the per-step hooks of :class:`~kramers_callback.KramersCallback`, one call
+each: ``O(1)`` per step on the device (no host-device synchronisation), plus ``O(d)`` on the
+steps of a sampled noise window. :meth:`StepStatistics.read_epoch` reads everything once per
+epoch through the reductions the strategy hands in, so this module needs no Trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kramers_callback import _optimizer as optim_io
+from kramers_callback._batch_size import BatchLayout
+from kramers_callback._callback_state import restore_epoch_state
+from kramers_callback._loss_blocks import LossBlocks
+from kramers_callback._probe import batch_size_of
+from kramers_callback._validation import all_finite
+from kramers_callback.noise.running import RunningNoiseEstimator
+from kramers_callback.observation import LossBlock, RunningNoise
+
+__all__ = ["EpochStatistics", "StepStatistics"]
+
+
+@dataclass(frozen=True)
+class EpochStatistics:
+    """One epoch's training steps as the decision reads them, every rank's combined."""
+
+    running: RunningNoise
+    loss_finite: bool
+    """Whether every training loss of the epoch was finite, on every rank."""
+    loss_blocks: tuple[LossBlock, ...]
+    """The epoch's non-empty loss blocks, their means averaged over the ranks."""
+
+
+class StepStatistics:
+    """The counters and device sums the per-step hooks feed.
+
+    The running noise estimator takes ``noise_window`` consecutive optimizer steps out of
+    every ``noise_window · noise_stride``, counted from the epoch start (so a resume inside an
+    epoch samples the same windows), and skips a window that would span more samples than the
+    data set. The counters and sums of the epoch in progress are checkpointed
+    (:func:`kramers_callback._callback_state.epoch_state`).
+
+    Args:
+        noise_window: consecutive optimizer steps per window of the running estimator.
+        noise_stride: one window out of every ``noise_stride``.
+    """
+
+    def __init__(self, *, noise_window: int, noise_stride: int) -> None:
+        self.noise_window = noise_window
+        self.noise_stride = noise_stride
+        self.samples_seen = 0
+        """Samples (all ranks) trained on in the run."""
+        self.samples_per_epoch = 0
+        self.epoch_samples = 0
+        self.epoch_steps = 0
+        self.step_samples = 0
+        """Samples since the last optimizer step: the batch of the next one."""
+        self.batch_samples = 0
+        self.loss_sum: Tensor | None = None
+        self.running: RunningNoiseEstimator | None = None
+        self.blocks = LossBlocks()
+        self.skipped = False
+        """Whether a window was skipped for spanning more samples than the data set."""
+        self.restored: dict[str, Any] | None = None
+        """A checkpoint's epoch in progress, until :meth:`start_fit` puts it back."""
+        self.dataset_size: int | None = None
+        self.world_size = 1
+        self.params: list[nn.Parameter] = []
+        self.adaptive = False
+
+    def start_fit(
+        self,
+        *,
+        dataset_size: int,
+        world_size: int,
+        params: list[nn.Parameter],
+        adaptive: bool,
+        num_batches: float,
+        device: torch.device,
+    ) -> None:
+        """Set up the device sums and put back a checkpoint's epoch in progress;
+        ``adaptive``: the gradient noise is read in the Adam family's preconditioned
+        coordinates."""
+        self.dataset_size = dataset_size
+        self.world_size = world_size
+        self.params = params
+        self.adaptive = adaptive
+        self.running = RunningNoiseEstimator(
+            window=self.noise_window, dataset_size=dataset_size
+        ).to(device)
+        self.loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+        # A resume inside an epoch gets no on_train_epoch_start: set the blocks up here too.
+        self.blocks.start_epoch(num_batches, device)
+        restore_epoch_state(self)
+
+    def start_epoch(self, num_batches: float, layout: BatchLayout, device: torch.device) -> None:
+        per_epoch = self.dataset_size or 0
+        if all_finite(num_batches):
+            per_epoch = min(per_epoch, int(num_batches) * layout.loader_batch * layout.world_size)
+        self.samples_per_epoch = max(per_epoch, 1)
+        self.blocks.start_epoch(num_batches, device)
+        self.epoch_samples = 0
+        self.step_samples = 0
+        self.epoch_steps = 0
+
+    def count_batch(self, batch: Any) -> int:
+        """Count one training batch; returns its samples on all ranks."""
+        samples = self.batch_samples = batch_size_of(batch) * self.world_size
+        self.step_samples += samples
+        self.epoch_samples += samples
+        self.samples_seen += samples
+        return samples
+
+    def add_loss(self, outputs: Any, batch_idx: int) -> None:
+        """Add the loss that ``training_step`` returned (a tensor, or a dict with ``"loss"``)."""
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, Tensor) and self.loss_sum is not None:
+            # A NaN or inf anywhere makes the sum non-finite: one addition per step, read once
+            # per epoch (no host-device synchronisation per step).
+            self.loss_sum.add_(loss.detach())
+            self.blocks.add(
+                loss,
+                batch_idx=batch_idx,
+                samples=self.batch_samples,  # counted by count_batch
+                position=self.samples_seen,
+            )
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Close one optimizer step; on a sampled window, feed its gradient to the running
+        estimator."""
+        samples, self.step_samples = self.step_samples, 0
+        step, self.epoch_steps = self.epoch_steps, self.epoch_steps + 1
+        running = self.running
+        if running is None or samples <= 0:
+            return
+        if (step // self.noise_window) % self.noise_stride:
+            return
+        if self.dataset_size is not None and samples * self.noise_window > self.dataset_size:
+            self.skipped = True
+            return
+        scale = None
+        if self.adaptive:
+            p = optim_io.preconditioner(optimizer, self.params)
+            scale = None if p is None else p.sqrt()
+        running.update(optim_io.flat_gradient(self.params, scale), samples)
+
+    def read_epoch(
+        self,
+        *,
+        any_rank: Callable[[bool], bool],
+        mean: Callable[[Tensor], Tensor],
+    ) -> EpochStatistics:
+        """The epoch's statistics, and a fresh start for the running estimate and the loss sum.
+        ``any_rank`` is true where any rank's flag is, ``mean`` averages a tensor over the
+        ranks: one synchronisation each."""
+        assert self.running is not None
+        running = RunningNoise()
+        if self.running.update_called:
+            values = self.running.compute()
+            running = RunningNoise(
+                noise_trace=float(values["noise_trace"]),
+                noise_scale=float(values["noise_scale"]),
+            )
+        self.running.reset()
+        loss_bad = self.loss_sum is not None and not bool(torch.isfinite(self.loss_sum))
+        if self.loss_sum is not None:
+            self.loss_sum = torch.zeros_like(self.loss_sum)
+        loss_bad = any_rank(loss_bad)
+        blocks = self.blocks.read(mean)
+        return EpochStatistics(running, loss_finite=not loss_bad, loss_blocks=tuple(blocks))
