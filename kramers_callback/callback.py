@@ -662,7 +662,9 @@ class KramersCallback(Callback):
         self._num_estimates += 1
         self.last_estimate = est
         summary = summarise_estimate(est, num_batches=len(batches), size=size, epoch=epoch)
-        if summary.ok:
+        if est.finite:
+            # Unconverged Ritz vectors are still the best start: a budget-shrunk eigensolver
+            # then carries its progress from one estimate to the next.
             self._warm = est
         if not est.converged.get("trace", True) and not self._trace_warned:
             self._trace_warned = True
