@@ -37,7 +37,9 @@ def summarise_estimate(
         rank_zero_warn(
             f"KramersCallback: the estimate at epoch {epoch} did not converge "
             f"({', '.join(summary.failed_solvers)} eigensolver after {est.num_hvp} "
-            f"Hessian-vector products, max_products={size.max_products}); not acted on."
+            f"Hessian-vector products, max_products={size.max_products}); its curvature is not "
+            "used: the epoch decides from the last good estimate, and the next estimate starts "
+            "from its vectors."
         )
     return summary
 

@@ -185,7 +185,9 @@ class EstimateSchedule:
         self.num_estimates += 1
         self.last_estimate = est
         summary = summarise_estimate(est, num_batches=len(batches), size=size, epoch=epoch)
-        if summary.ok:
+        if est.finite:
+            # Unconverged Ritz vectors are still the best start: a budget-shrunk eigensolver
+            # then carries its progress from one estimate to the next.
             self.warm = est
         if not est.converged.get("trace", True) and not self.trace_warned:
             self.trace_warned = True

@@ -53,7 +53,8 @@ class EstimateSummary:
     decisions and logs use.
 
     ``status`` is ``"ok"`` (finite, and the eigensolvers of :data:`DECISION_SOLVERS`
-    converged), ``"non_finite"`` or ``"not_converged"``; only ``"ok"`` is acted on.
+    converged), ``"non_finite"`` or ``"not_converged"``; only an ``"ok"`` estimate's numbers
+    are used, and a ``"non_finite"`` one holds the decision (:meth:`Observation.hold_reason`).
     ``measured`` is false for an estimate that stopped at a non-finite probe loss, which has
     no numbers but its ``work``. The ``pathway_*`` tuples list the pathways with a barrier.
     """
@@ -326,9 +327,12 @@ class Observation:
         estimate, docs/theory.md section 4.3), or ``None``. A non-finite training loss is
         checked after the signals have read the observation, so their targets are still
         logged. The equilibrium regime needs no curvature estimate (only the noise); the
-        trapped regime needs :attr:`last_good`."""
-        if self.fresh is not None and not self.fresh.ok:
-            return f"estimate {self.fresh.status.replace('_', ' ')}"
+        trapped regime needs :attr:`last_good`. An estimate whose eigensolver did not converge
+        is not a reason to hold: its curvature is not used, and the epoch decides as one
+        between estimates, from :attr:`last_good` (a budget-shrunk estimate that stops short
+        of convergence would otherwise hold every decision it coincides with)."""
+        if self.fresh is not None and self.fresh.status == "non_finite":
+            return "estimate non finite"
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             return "no finite temperature"
         return None

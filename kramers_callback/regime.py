@@ -233,4 +233,7 @@ def choose(
     )
     if why is None:
         why = target.no_target_reason if decision.reason == "no_target" else decision.reason
+    fresh = observation.fresh
+    if fresh is not None and not fresh.ok:
+        why = f"{why} (estimate not converged: its curvature is not used)"
     return regime(DecisionRecord(why, critical, target_now, decision))

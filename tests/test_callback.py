@@ -172,7 +172,7 @@ def test_metrics_reach_callback_metrics_logger_and_progress_bar(tmp_path):
 def test_metrics_without_a_logger():
     pl.seed_everything(0)
     cb = KramersCallback("observe", **WELL)
-    t = trainer(callbacks=[cb], max_epochs=2, logger=False)
+    t = trainer(callbacks=[cb], max_epochs=3, logger=False)
     t.fit(DoubleWellModule(), datamodule=DoubleWellDataModule(num_samples=800))
     assert set(METRICS) <= set(t.callback_metrics)
     assert math.isfinite(t.callback_metrics["kramers/critical_temperature"].item())

@@ -169,38 +169,57 @@ def test_non_finite_training_loss_keeps_the_last_good_settings():
         assert (h["lr"], h["batch_size"]) == (good["lr"], good["batch_size"])
 
 
-@pytest.mark.parametrize(
-    ("corrupt", "warning", "reason"),
-    [
-        (lambda e: dataclasses.replace(e, temperature=math.nan), "is not finite", "non finite"),
-        (
-            lambda e: dataclasses.replace(e, converged={**e.converged, "top": False}),
-            "did not converge (top eigensolver",
-            "not converged",
-        ),
-    ],
-)
-def test_a_bad_estimate_is_flagged_and_not_acted_on(monkeypatch, corrupt, warning, reason):
+def _fit_well_with_third_estimate(monkeypatch, corrupt):
     real = schedule_module.run_estimate
     calls = []
 
-    def second_is_bad(*args, **kwargs):
+    def third_is_bad(*args, **kwargs):
         est = real(*args, **kwargs)
         calls.append(est)
         return corrupt(est) if len(calls) == 3 else est
 
-    monkeypatch.setattr(schedule_module, "run_estimate", second_is_bad)
+    monkeypatch.setattr(schedule_module, "run_estimate", third_is_bad)
     cb = KramersCallback("hybrid", **WELL)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit_well(cb, epochs=4)
-    assert any(warning in str(w.message) for w in caught)
-    _, before, bad, after = cb.history
-    assert reason in bad["reason"] and bad["metrics"]["kramers/converged"] == float(
-        "converged" not in reason
+    return cb, " ".join(str(w.message) for w in caught)
+
+
+def test_a_non_finite_estimate_is_flagged_and_holds_the_settings(monkeypatch):
+    cb, messages = _fit_well_with_third_estimate(
+        monkeypatch, lambda e: dataclasses.replace(e, temperature=math.nan)
     )
+    assert "is not finite" in messages
+    _, before, bad, after = cb.history
+    assert "non finite" in bad["reason"] and bad["metrics"]["kramers/converged"] == 1.0
     assert (bad["lr"], bad["batch_size"]) == (before["lr"], before["batch_size"])
     assert after["estimate"] == "ok"
+
+
+def test_an_unconverged_estimate_is_not_used_and_the_last_good_one_decides(monkeypatch):
+    # Its curvature scaled both ways: were it used, the clamp 2(1+β)/λ_max and the target
+    # would differ between the two runs.
+    runs = []
+    for scale in (1e6, 1e-6):
+        cb, messages = _fit_well_with_third_estimate(
+            monkeypatch,
+            lambda e, s=scale: dataclasses.replace(
+                e, converged={**e.converged, "top": False}, lambda_max=e.lambda_max * s
+            ),
+        )
+        assert "did not converge (top eigensolver" in messages
+        runs.append(cb.history)
+    for history in runs:
+        _, _, bad, after = history
+        assert bad["estimate"] == "not_converged"
+        assert bad["metrics"]["kramers/converged"] == 0.0
+        # Decided, not held: the reason is the decision's, with the estimate's fate added.
+        assert bad["reason"].endswith("(estimate not converged: its curvature is not used)")
+        assert not bad["reason"].startswith("estimate")
+        assert after["estimate"] == "ok"
+    keys = ("lr", "batch_size", "critical_temperature", "target")
+    assert [runs[0][2][k] for k in keys] == [runs[1][2][k] for k in keys]
 
 
 def test_stop_rule_stops_once_with_its_reason(caplog):
@@ -211,7 +230,9 @@ def test_stop_rule_stops_once_with_its_reason(caplog):
     with caplog.at_level(logging.INFO):
         t, _, _ = fit_well(cb, epochs=6)
     assert cb.stop_reason is StopReason.COLDEST_SETTING
-    assert len(cb.history) == 2 and t.current_epoch == 2 and cb.history[-1]["stop"]
+    # The first epoch is burn-in (never thermalized): the two checks are epochs 1 and 2.
+    assert len(cb.history) == 3 and t.current_epoch == 3 and cb.history[-1]["stop"]
+    assert not cb.history[0]["stop"] and "burn-in" in cb.history[0]["reason"]
     said = [r.getMessage() for r in caplog.records if "stopped training" in r.getMessage()]
     assert len(said) == 1 and "for 2 consecutive checks" in said[0]
     assert "coldest setting" in said[0]

@@ -35,3 +35,5 @@ def test_defaults_estimate_and_change_lr_or_batch_within_20_epochs_on_digits():
     assert all(h["reason"].startswith("thermalized: cool by 0.5") for h in changed)
     # hybrid (the default policy) cools by growing B first.
     assert changed[0]["batch_size"] > changed[0]["batch_before"]
+    # The first epoch is the initial transient: never tested, so never cooled.
+    assert "burn-in: the first epoch" in cb.history[0]["reason"]

@@ -215,3 +215,17 @@ def test_phase_and_cooling_value():
     assert coldest.at_coldest and not coldest.worth_it
     assert not cooling_value(floor=math.nan, temperature=1.0, coldest_temperature=0.5,
                              loss=1.0, compute_cost=1.0).worth_it
+
+
+def test_a_window_inside_the_burn_in_is_not_tested_and_one_after_it_is():
+    # The thermalized walker of the quadratic: its last 80 blocks pass the test. With the
+    # burn-in ending inside that window the test waits; ending before it, the test runs.
+    losses, floor = _quadratic_sgd(steps=8000, seed=0, start=30.0, batch=16)
+    blocks = _blocks(losses, 50, batch=16)
+    assert equilibrium_test(blocks, floor=floor).thermalized
+    window_start = blocks[len(blocks) // 2].position
+    waiting = equilibrium_test(blocks, floor=floor, burn_in=window_start + 1.0)
+    assert not waiting.thermalized and waiting.reason == "burn-in: the first epoch"
+    assert math.isnan(waiting.statistic)
+    after = equilibrium_test(blocks, floor=floor, burn_in=window_start - 1.0)
+    assert after.thermalized and after.statistic <= 1.0

@@ -123,6 +123,7 @@ def equilibrium_test(
     floor: float,
     factor: float = COOLING_FACTOR,
     min_floor_share: float = 0.0,
+    burn_in: float = 0.0,
     min_blocks: int = 8,
 ) -> EquilibriumReading:
     r"""Test the blocks since the last change of temperature (module docstring).
@@ -137,6 +138,9 @@ def equilibrium_test(
             initialisation: a walker still descending from there is not relaxing in a basin,
             and in a basin whose bottom the network can fit (``L₀ ≈ 0``) equipartition makes
             the floor the whole excess loss (docs/theory.md, "The equilibrium regime").
+        burn_in: samples seen that belong to the initial transient: the test waits until its
+            window starts after them. The callback passes the first epoch's samples in the
+            first dwell, from the initialisation (docs/theory.md, "The first dwell").
         min_blocks: the smallest window; the test waits until the dwell holds this many.
 
     Returns:
@@ -172,6 +176,8 @@ def equilibrium_test(
 
     if not window:
         return reading(math.nan, math.nan, math.nan, 0.0, f"dwell of {n} < {min_blocks} blocks")
+    if window[0].position <= burn_in:
+        return reading(math.nan, math.nan, math.nan, 0.0, "burn-in: the first epoch")
     if not math.isfinite(loss):
         return reading(math.nan, math.nan, math.nan, 0.0, "non-finite training loss")
     # The window spans from the first block's start to the last block's end: block positions are
@@ -210,7 +216,8 @@ class EquilibriumSignal:
 
     The floor comes from the observation's noise (``tr Σ₁``) and knobs
     (:func:`~kramers_callback.noise.floor.noise_floor`); the first dwell, from the
-    initialisation, asks :data:`FIRST_DWELL_FLOOR_SHARE`. Cost: that of
+    initialisation, asks :data:`FIRST_DWELL_FLOOR_SHARE` and a window after the first epoch
+    (the initial transient). Cost: that of
     :func:`equilibrium_test`.
 
     Args:
@@ -232,10 +239,14 @@ class EquilibriumSignal:
                 batch_size=knobs.batch_size,
                 dataset_size=observation.dataset_size,
             )
+        first = observation.first_dwell
+        # In the first dwell nothing has changed B, so every epoch saw as many samples.
+        first_epoch = observation.horizon.samples_seen / (observation.epoch + 1)
         return equilibrium_test(
             observation.loss_blocks,
             floor=floor,
             factor=self.factor,
-            min_floor_share=FIRST_DWELL_FLOOR_SHARE if observation.first_dwell else 0.0,
+            min_floor_share=FIRST_DWELL_FLOOR_SHARE if first else 0.0,
+            burn_in=first_epoch if first else 0.0,
             min_blocks=self.min_blocks,
         )
