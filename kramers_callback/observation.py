@@ -321,6 +321,9 @@ class Observation:
     first_dwell: bool = True
     """Whether the dwell is the first, from the initialisation (no change of ``η`` or ``B``
     yet)."""
+    running_noise_trace: float = math.nan
+    """The epoch's running two-batch ``tr Σ₁``, an average over the steps it sampled along the
+    trajectory (``nan`` where none was sampled, or after a non-finite training loss)."""
 
     def hold_reason(self) -> str | None:
         """Why the measurements give nothing to decide from (never act on a non-finite
@@ -442,4 +445,7 @@ def observe(
         monitor=monitor,
         loss_blocks=loss_blocks,
         first_dwell=first_dwell,
+        running_noise_trace=running.noise_trace
+        if loss_finite and all_finite(running.noise_trace) and running.noise_trace > 0
+        else math.nan,
     )

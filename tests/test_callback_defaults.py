@@ -7,12 +7,14 @@ budget and change the learning rate or the batch size (the equilibrium regime co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import pytorch_lightning as pl
 from lightning_helpers import trainer
 
+import kramers_callback._estimate_schedule as schedule_module
 from kramers_callback import KramersCallback
 from kramers_callback.examples import ClassifierModule, DigitsCNN, DigitsDataModule
 
@@ -37,3 +39,34 @@ def test_defaults_estimate_and_change_lr_or_batch_within_20_epochs_on_digits():
     assert changed[0]["batch_size"] > changed[0]["batch_before"]
     # The first epoch is the initial transient: never tested, so never cooled.
     assert "burn-in: the first epoch" in cb.history[0]["reason"]
+
+
+@pytest.mark.slow
+def test_the_equilibrium_decisions_do_not_depend_on_what_an_estimate_says_of_the_noise(
+    monkeypatch,
+):
+    # The floor is read from the running noise along the trajectory: an estimate's noise, off
+    # by ×1000 here, moves no cooling decision (and so neither does when the measured-time
+    # budget happens to place an estimate).
+    def fit(scale):
+        real = schedule_module.run_estimate
+
+        def scaled(*args, **kwargs):
+            est = real(*args, **kwargs)
+            return dataclasses.replace(est, noise_trace=est.noise_trace * scale)
+
+        monkeypatch.setattr(schedule_module, "run_estimate", scaled)
+        pl.seed_everything(0)
+        cb = KramersCallback("lr", compute_cost=10, overhead_budget=math.inf)
+        module = ClassifierModule(DigitsCNN(), lr=0.05, momentum=0.9)
+        data = DigitsDataModule(batch_size=32)
+        trainer(callbacks=[cb], max_epochs=8).fit(module, datamodule=data)
+        return cb.history
+
+    plain, skewed = fit(1.0), fit(1000.0)
+    assert any("cool by" in h["reason"] for h in plain)
+    assert all(h["estimate"] == "ok" for h in plain[1:])  # an estimate every epoch
+    keys = ("phase", "reason", "lr", "batch_size", "stop")
+    assert [[h[k] for k in keys] for h in plain] == [[h[k] for k in keys] for h in skewed]
+    floors = [h["metrics"]["kramers/noise_floor"] for h in plain]
+    assert floors == [h["metrics"]["kramers/noise_floor"] for h in skewed]

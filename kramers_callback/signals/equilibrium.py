@@ -214,7 +214,8 @@ def equilibrium_test(
 class EquilibriumSignal:
     """The equilibrium test of the observation's dwell, at its floor.
 
-    The floor comes from the observation's noise (``tr Σ₁``) and knobs
+    The floor comes from the epoch's running noise (``tr Σ₁`` along the trajectory; the
+    observation's noise where there is none) and the knobs
     (:func:`~kramers_callback.noise.floor.noise_floor`); the first dwell, from the
     initialisation, asks :data:`FIRST_DWELL_FLOOR_SHARE` and a window after the first epoch
     (the initial transient). Cost: that of
@@ -231,11 +232,16 @@ class EquilibriumSignal:
 
     def read(self, observation: Observation) -> EquilibriumReading:
         knobs = observation.knobs
+        # The floor is a stationary average: the running noise averages along the trajectory
+        # of the epoch, where an estimate reads one point on a fixed probe.
+        noise = observation.running_noise_trace
+        if not math.isfinite(noise):
+            noise = observation.noise_trace
         floor = math.nan
-        if math.isfinite(observation.noise_trace) and observation.noise_trace >= 0:
+        if math.isfinite(noise) and noise >= 0:
             floor = noise_floor(
                 lr=effective_lr(lr=knobs.lr, momentum=knobs.momentum),
-                noise_trace=observation.noise_trace,
+                noise_trace=noise,
                 batch_size=knobs.batch_size,
                 dataset_size=observation.dataset_size,
             )
