@@ -123,6 +123,7 @@ def callback_state(cb: KramersCallback) -> dict[str, Any]:
         "termination": cb.termination.state_dict(),
         "dwell": decision.dwell.state_dict(),
         "first_dwell": decision.first_dwell,
+        "first_epoch_samples": decision.first_epoch_samples,
         "history": [dict(h) for h in cb.history],
     }
 
@@ -156,6 +157,8 @@ def load_callback_state(cb: KramersCallback, state: dict[str, Any]) -> None:
     cb.termination.load_state_dict(state.get("termination", {}))
     decision.dwell.load_state_dict(state.get("dwell"))
     decision.first_dwell = bool(state.get("first_dwell", True))
+    first_epoch = state.get("first_epoch_samples")
+    decision.first_epoch_samples = None if first_epoch is None else int(first_epoch)
     cb.history = [dict(h) for h in state.get("history", [])]
 
 

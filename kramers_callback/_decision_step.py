@@ -55,6 +55,8 @@ class DecisionStep:
         last_good: the last estimate with ``status == "ok"``.
         dwell: the loss blocks since the temperature last changed.
         first_dwell: whether no change of ``η`` or ``B`` has happened yet.
+        first_epoch_samples: the samples seen by this callback at its first epoch end (the
+            first dwell's burn-in); ``None`` before it.
     """
 
     def __init__(self, arguments: CallbackArguments, rule: PolicyRule) -> None:
@@ -78,6 +80,7 @@ class DecisionStep:
         self.last_good: EstimateSummary | None = None
         self.dwell = Dwell()
         self.first_dwell = True
+        self.first_epoch_samples: int | None = None
 
     def start(self, *, lr: float, batch_size: int, dataset_size: int, dim: int) -> None:
         """At train start: the knobs (kept from the first fit on a resume), the training-set
@@ -107,6 +110,10 @@ class DecisionStep:
     ) -> Observation:
         """This epoch end's :class:`~kramers_callback.observation.Observation` (after
         :meth:`add_epoch`)."""
+        if self.first_epoch_samples is None:
+            # Recorded, not averaged over the epochs: a short epoch (max_steps) or a callback
+            # that joins a resumed run would otherwise move the burn-in's end.
+            self.first_epoch_samples = horizon.samples_seen
         return observe(
             epoch=epoch,
             horizon=horizon,
@@ -120,6 +127,7 @@ class DecisionStep:
             monitor=monitor,
             loss_blocks=tuple(self.dwell.blocks),
             first_dwell=self.first_dwell,
+            burn_in_samples=self.first_epoch_samples,
         )
 
     def limits(

@@ -18,8 +18,9 @@ def summarise_estimate(
     est: KramersEstimate, *, num_batches: int, size: EstimateSize, epoch: int
 ) -> EstimateSummary:
     """The estimate's :class:`~kramers_callback.observation.EstimateSummary` with its counted
-    work (:func:`~kramers_callback._budget.estimate_work`); one warning where it is not acted
-    on (not finite, or a decision's eigensolver did not converge)."""
+    work (:func:`~kramers_callback._budget.estimate_work`); one warning where its numbers are
+    not used (not finite: the decision holds; or a decision's eigensolver did not converge: the
+    epoch decides from the last good estimate)."""
     work = estimate_work(
         num_hvp=est.num_hvp,
         num_forward=est.num_forward,

@@ -54,7 +54,8 @@ class EstimateSchedule:
         probe: the :class:`~kramers_callback._probe_set.ProbeSet`.
         num_estimates: estimates made (each seeds the next one's generators).
         last_estimate: this process's last :class:`~kramers_callback.estimate.KramersEstimate`.
-        warm: the last good estimate's eigenvectors, which the next one starts from.
+        warm: the last finite estimate's eigenvectors (converged or not), which the next one
+            starts from.
     """
 
     def __init__(self, arguments: CallbackArguments) -> None:

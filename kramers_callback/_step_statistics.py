@@ -143,6 +143,10 @@ class StepStatistics:
             return
         if (step // self.noise_window) % self.noise_stride:
             return
+        if step % self.noise_window and not running.window_open:
+            # A resume inside a window lost its first steps: a window opened here would pair
+            # this step with the next sampled window's, far apart in parameters.
+            return
         if self.dataset_size is not None and samples * self.noise_window > self.dataset_size:
             self.skipped = True
             return

@@ -321,6 +321,9 @@ class Observation:
     first_dwell: bool = True
     """Whether the dwell is the first, from the initialisation (no change of ``η`` or ``B``
     yet)."""
+    burn_in_samples: float = 0.0
+    """The samples seen by the callback's first epoch end: the first dwell's burn-in, the
+    transient from the initialisation."""
     running_noise_trace: float = math.nan
     """The epoch's running two-batch ``tr Σ₁``, an average over the steps it sampled along the
     trajectory (``nan`` where none was sampled, or after a non-finite training loss)."""
@@ -399,6 +402,7 @@ def observe(
     monitor: float | None = None,
     loss_blocks: tuple[LossBlock, ...] = (),
     first_dwell: bool = True,
+    burn_in_samples: float = 0.0,
 ) -> Observation:
     """The :class:`Observation` of one epoch end. The noise ``tr Σ₁`` now: a fresh estimate,
     else (after a non-finite training loss: none) the running two-batch noise (``running``),
@@ -445,6 +449,7 @@ def observe(
         monitor=monitor,
         loss_blocks=loss_blocks,
         first_dwell=first_dwell,
+        burn_in_samples=burn_in_samples,
         running_noise_trace=running.noise_trace
         if loss_finite and all_finite(running.noise_trace) and running.noise_trace > 0
         else math.nan,

@@ -168,7 +168,7 @@ def choose(
       every knob but the stability clamp.
 
     A non-finite training loss holds everything (its reason first: it is also why an estimate
-    fails); so does a bad estimate or no finite temperature
+    fails); so does a non-finite estimate or no finite temperature
     (:meth:`~kramers_callback.observation.Observation.hold_reason`). Cost: that of
     :func:`~kramers_callback.controller.decide`.
     """

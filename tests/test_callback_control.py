@@ -170,6 +170,7 @@ def test_non_finite_training_loss_keeps_the_last_good_settings():
 
 
 def _fit_well_with_third_estimate(monkeypatch, corrupt):
+    monkeypatch.undo()  # a second call wraps the real estimate, not the first call's wrapper
     real = schedule_module.run_estimate
     calls = []
 
@@ -220,6 +221,37 @@ def test_an_unconverged_estimate_is_not_used_and_the_last_good_one_decides(monke
         assert after["estimate"] == "ok"
     keys = ("lr", "batch_size", "critical_temperature", "target")
     assert [runs[0][2][k] for k in keys] == [runs[1][2][k] for k in keys]
+
+
+def test_an_unconverged_estimate_warm_starts_the_next(monkeypatch):
+    # A budget-capped eigensolver carries its progress: the estimate after an unconverged one
+    # starts from its vectors, not from the last converged estimate's.
+    real = schedule_module.run_estimate
+    made, starts = [], []
+
+    def second_unconverged(*args, **kwargs):
+        starts.append(kwargs.get("warm_start"))
+        est = real(*args, **kwargs)
+        if len(made) == 1:
+            est = dataclasses.replace(est, converged={**est.converged, "top": False})
+        made.append(est)
+        return est
+
+    monkeypatch.setattr(schedule_module, "run_estimate", second_unconverged)
+    cb = KramersCallback("observe", **WELL)
+    fit_well(cb, epochs=3)
+    assert [h["estimate"] for h in cb.history] == ["ok", "not_converged", "ok"]
+    assert starts[0] is None and starts[1] is made[0] and starts[2] is made[1]
+
+
+def test_the_first_epochs_burn_in_is_recorded_not_averaged_over_a_short_epoch():
+    # max_steps cuts epoch 1 to 12 of its 50 batches: the dwell's last half then reaches back
+    # into epoch 0, which an average epoch (samples seen / epochs) would count as tested.
+    cb = KramersCallback("observe", **WELL)
+    fit_well(cb, epochs=None, max_steps=62)
+    assert len(cb.history) == 2
+    assert all("burn-in" in h["reason"] for h in cb.history), [h["reason"] for h in cb.history]
+    assert cb.state_dict()["first_epoch_samples"] == 800
 
 
 def test_stop_rule_stops_once_with_its_reason(caplog):

@@ -30,6 +30,7 @@ from kramers_callback._batch_size import (
     num_loader_batches,
 )
 from kramers_callback._callback_state import restore_epoch_state
+from kramers_callback._step_statistics import StepStatistics
 from kramers_callback.callback import KramersCallback
 from kramers_callback.examples._sampler import EpochSeededSampler
 
@@ -312,3 +313,36 @@ def test_beside_a_scheduler_a_loader_that_ignores_the_batch_size_pins_the_batch(
         # No more changes; the decision's B is the one trained with, scheduler included.
         assert h["batch_size"] == h["batch_before"] == 16 * (2 if h["epoch"] >= 5 else 1)
         assert sizes.steps[h["epoch"]] == math.ceil(SAMPLES / h["batch_before"])
+
+
+def _noise_after_steps(first_step: int, last_step: int) -> tuple[float, float]:
+    """Feed optimizer steps ``first_step..last_step`` (gradient ``t·1`` at step ``t``) to step
+    statistics whose epoch starts at ``first_step``, as after a resume there; return the
+    running estimate's pair count and ``tr Σ₁``."""
+    param = torch.nn.Parameter(torch.zeros(3))
+    stats = StepStatistics(noise_window=2, noise_stride=16)
+    stats.start_fit(
+        dataset_size=10_000,
+        world_size=1,
+        params=[param],
+        adaptive=False,
+        num_batches=128,
+        device=torch.device("cpu"),
+    )
+    stats.epoch_steps = first_step  # what restore_epoch_state puts back
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    for step in range(first_step, last_step + 1):
+        param.grad = torch.full((3,), float(step))
+        stats.step_samples = 32
+        stats.optimizer_step(optimizer)
+    running = stats.running
+    assert running is not None
+    return float(running.num_pairs), float(running.compute()["noise_trace"])
+
+
+def test_a_resume_inside_a_noise_window_opens_no_window_out_of_step():
+    # Windows are steps (0, 1), (32, 33), (64, 65), ...: a resume at step 33 lost the window's
+    # first step, and must not pair step 33 with step 64, 31 steps of drift apart.
+    resumed = _noise_after_steps(33, 65)
+    aligned = _noise_after_steps(64, 65)
+    assert resumed == aligned and resumed[0] == 1.0

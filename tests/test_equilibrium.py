@@ -20,7 +20,9 @@ import torch
 
 from kramers_callback._loss_blocks import Dwell, LossBlocks
 from kramers_callback.noise.floor import COOLING_FACTOR, cooling_factor, cooling_gain, noise_floor
+from kramers_callback.observation import EstimateSummary, Horizon, Knobs, RunningNoise, observe
 from kramers_callback.regime import Phase, classify_phase, cooling_value
+from kramers_callback.signals import EquilibriumSignal
 from kramers_callback.signals.equilibrium import LossBlock, equilibrium_test, loss_trend
 
 
@@ -225,7 +227,31 @@ def test_a_window_inside_the_burn_in_is_not_tested_and_one_after_it_is():
     assert equilibrium_test(blocks, floor=floor).thermalized
     window_start = blocks[len(blocks) // 2].position
     waiting = equilibrium_test(blocks, floor=floor, burn_in=window_start + 1.0)
-    assert not waiting.thermalized and waiting.reason == "burn-in: the first epoch"
+    assert not waiting.thermalized and waiting.reason == "burn-in"
     assert math.isnan(waiting.statistic)
     after = equilibrium_test(blocks, floor=floor, burn_in=window_start - 1.0)
     assert after.thermalized and after.statistic <= 1.0
+
+
+def test_the_floor_reads_the_running_noise_and_names_a_fallback():
+    def reading(running: float):
+        observation = observe(
+            epoch=3,
+            horizon=Horizon(samples_seen=4000),
+            knobs=Knobs(0.05, 32, momentum=0.0, damping=1.0),
+            fresh=None,
+            running=RunningNoise(noise_trace=running),
+            last_good=EstimateSummary(status="ok", noise_trace=90.0),
+            dataset_size=None,
+            dim=10,
+            first_dwell=False,
+        )
+        return EquilibriumSignal().read(observation)
+
+    with_running = reading(40.0)
+    expected = noise_floor(lr=0.05, noise_trace=40.0, batch_size=32)
+    assert with_running.floor == pytest.approx(expected)
+    assert "noise_source" not in with_running.reason
+    without = reading(math.nan)  # no window sampled this epoch: the last estimate's noise
+    assert without.floor == pytest.approx(noise_floor(lr=0.05, noise_trace=90.0, batch_size=32))
+    assert without.reason.endswith("; floor from noise_source=last_estimate")

@@ -183,6 +183,12 @@ class RunningNoiseEstimator(Metric):
         self._reset_window()
 
     # -- window ------------------------------------------------------------------------------
+    @property
+    def window_open(self) -> bool:
+        """Whether a window has taken some of its ``w`` steps (a partial window is not in the
+        state, so a resume starts with none open)."""
+        return self._window_steps > 0
+
     def _reset_window(self) -> None:
         self._window_sum: Tensor | None = None  # Σ_t B_t G_t
         self._window_sq_norm: Tensor | None = None  # Σ_t ‖G_t‖²

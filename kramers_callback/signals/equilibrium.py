@@ -40,7 +40,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kramers_callback._validation import check_positive_int
 from kramers_callback.noise.floor import COOLING_FACTOR, cooling_gain, noise_floor
@@ -177,7 +177,7 @@ def equilibrium_test(
     if not window:
         return reading(math.nan, math.nan, math.nan, 0.0, f"dwell of {n} < {min_blocks} blocks")
     if window[0].position <= burn_in:
-        return reading(math.nan, math.nan, math.nan, 0.0, "burn-in: the first epoch")
+        return reading(math.nan, math.nan, math.nan, 0.0, "burn-in")
     if not math.isfinite(loss):
         return reading(math.nan, math.nan, math.nan, 0.0, "non-finite training loss")
     # The window spans from the first block's start to the last block's end: block positions are
@@ -235,7 +235,8 @@ class EquilibriumSignal:
         # The floor is a stationary average: the running noise averages along the trajectory
         # of the epoch, where an estimate reads one point on a fixed probe.
         noise = observation.running_noise_trace
-        if not math.isfinite(noise):
+        fallback = not math.isfinite(noise)
+        if fallback:
             noise = observation.noise_trace
         floor = math.nan
         if math.isfinite(noise) and noise >= 0:
@@ -246,13 +247,16 @@ class EquilibriumSignal:
                 dataset_size=observation.dataset_size,
             )
         first = observation.first_dwell
-        # In the first dwell nothing has changed B, so every epoch saw as many samples.
-        first_epoch = observation.horizon.samples_seen / (observation.epoch + 1)
-        return equilibrium_test(
+        reading = equilibrium_test(
             observation.loss_blocks,
             floor=floor,
             factor=self.factor,
             min_floor_share=FIRST_DWELL_FLOOR_SHARE if first else 0.0,
-            burn_in=first_epoch if first else 0.0,
+            burn_in=observation.burn_in_samples if first else 0.0,
             min_blocks=self.min_blocks,
         )
+        if fallback and math.isfinite(floor):
+            # Say so: the floor then moves with when the estimates come.
+            reason = f"{reading.reason}; floor from noise_source={observation.noise_source}"
+            reading = replace(reading, reason=reason)
+        return reading
