@@ -66,7 +66,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -338,11 +338,11 @@ class RunResult:
     """The Kramers callback's ``history``: one record per epoch end (measured, decided, why)."""
 
 
-def make_kramers_callback(method: str) -> Callback:
-    """A Kramers arm's callback (:data:`KRAMERS_OPTIONS`)."""
+def make_kramers_callback(method: str, extra: Mapping[str, Any] | None = None) -> Callback:
+    """A Kramers arm's callback (:data:`KRAMERS_OPTIONS`, plus ``extra`` arguments)."""
     from kramers_callback.callback import KramersCallback
 
-    return KramersCallback(**KRAMERS_OPTIONS[method])
+    return KramersCallback(**KRAMERS_OPTIONS[method], **(extra or {}))
 
 
 def _finite(value: Any) -> float | None:
@@ -402,9 +402,17 @@ def _changes(history: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def run_one(
-    dataset: str, method: str, seed: int, *, budget: int, scale: float, threads: int
+    dataset: str,
+    method: str,
+    seed: int,
+    *,
+    budget: int,
+    scale: float,
+    threads: int,
+    kramers_extra: Mapping[str, Any] | None = None,
 ) -> RunResult:
-    """Train one (dataset, method, seed) over ``budget`` epochs and measure it."""
+    """Train one (dataset, method, seed) over ``budget`` epochs and measure it;
+    ``kramers_extra``: more arguments for a Kramers arm's callback."""
     config = DATASETS[dataset]
     torch.set_num_threads(threads)
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -419,7 +427,7 @@ def run_one(
         early = EarlyStopping(monitor="val_acc", mode="max", patience=config.early_stop_patience)
         callbacks.append(early)
     elif method in KRAMERS_ARMS:
-        kramers = make_kramers_callback(method)
+        kramers = make_kramers_callback(method, kramers_extra)
         callbacks.append(kramers)
     recorder = Recorder()
     callbacks.append(recorder)
@@ -791,11 +799,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/output/outcome"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument(
+        "--noise-stride",
+        type=int,
+        default=None,
+        help="the Kramers arms' noise_stride (default: the callback's); use its own --out",
+    )
+    parser.add_argument(
         "--summary-only", action="store_true", help="only rewrite the summary from runs.jsonl"
     )
     args = parser.parse_args(argv)
     if not (args.epochs_scale > 0 and math.isfinite(args.epochs_scale)):
         parser.error(f"--epochs-scale must be a positive number, got {args.epochs_scale}")
+    if args.noise_stride is not None and args.noise_stride < 1:
+        parser.error(f"--noise-stride must be an integer >= 1, got {args.noise_stride}")
+    extra = {} if args.noise_stride is None else {"noise_stride": args.noise_stride}
 
     args.out.mkdir(parents=True, exist_ok=True)
     runs_path = args.out / "runs.jsonl"
@@ -828,7 +845,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     with contextlib.redirect_stdout(io.StringIO()):
                         result = run_one(
                             dataset, method, seed, budget=budget, scale=args.epochs_scale,
-                            threads=args.threads,
+                            threads=args.threads, kramers_extra=extra,
                         )
                     record = asdict(result)
                     runs.append(record)
