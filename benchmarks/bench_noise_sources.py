@@ -5,7 +5,7 @@ The MNIST-1D CNN is trained in a plain loop (SGD, η = 0.05, momentum 0.9, B = 3
 decay, the settings of the outcome benchmark). At the chosen epoch ends it computes
 
 - the exact ``tr Σ₁ = (1/(N−1)) Σ_i ‖g_i − ḡ‖²`` over all ``N`` training samples, from
-  per-sample gradients (``torch.func.vmap``);
+  per-sample gradients (:func:`kramers_callback.noise.per_sample_gradients`);
 - the same statistic on fixed probe sets, as the callback draws them once per fit (several
   seeded draws, at the budget ladder's smallest probe, 32 samples, and the default 256);
 - the running two-batch estimate of the epoch
@@ -30,9 +30,10 @@ import argparse
 import statistics
 
 import torch
-from torch.func import functional_call, grad, vmap
 
+from kramers_callback._probe import ProbeLoss
 from kramers_callback.examples import MNIST1DCNN, MNIST1DDataModule
+from kramers_callback.noise import per_sample_gradients
 from kramers_callback.noise.running import RunningNoiseEstimator
 
 NOISE_WINDOW = 2
@@ -40,16 +41,20 @@ NOISE_STRIDE = 16
 """The callback's defaults (``noise_window``, ``noise_stride``)."""
 
 
-def per_sample_gradients(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``[N, d]``: the gradient of every sample's cross-entropy at the current parameters."""
-    params = {k: v.detach() for k, v in net.named_parameters()}
+def per_sample_cross_entropy(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+    x, y = batch
+    return torch.nn.functional.cross_entropy(model(x), y, reduction="none")
 
-    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(net, p, (xi[None],))
-        return torch.nn.functional.cross_entropy(logits, yi[None])
 
-    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
-    return torch.cat([g.reshape(len(x), -1) for g in grads.values()], dim=1)
+def all_sample_gradients(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[N, d]``: every training sample's gradient at the current parameters
+    (:func:`kramers_callback.noise.per_sample_gradients`)."""
+    net.eval()  # no dropout or BatchNorm here; as the estimators take it
+    try:
+        probe = ProbeLoss(net, per_sample_cross_entropy, [(x, y)])
+        return per_sample_gradients(probe, probe.batches[0], chunk_size=500)
+    finally:
+        net.train()
 
 
 def noise_trace(gradients: torch.Tensor) -> float:
@@ -103,7 +108,7 @@ def main() -> None:
             optimizer.step()
         if epoch not in args.at:
             continue
-        gradients = per_sample_gradients(net, x, y)
+        gradients = all_sample_gradients(net, x, y)
         exact = noise_trace(gradients)
 
         def ratios(size: int, gradients: torch.Tensor = gradients, exact: float = exact) -> str:

@@ -411,12 +411,18 @@ def observe(
     Cost: O(1)."""
     batch = knobs.batch_size
     size = sampling_size(dataset_size, batch)
+    # After a NaN loss older numbers would read as current: no running noise then.
+    running_noise = (
+        running.noise_trace
+        if loss_finite and all_finite(running.noise_trace) and running.noise_trace > 0
+        else math.nan
+    )
     if fresh is not None and fresh.ok:
         noise_trace, source = fresh.noise_trace, "estimate"
-    elif not loss_finite:  # older numbers would read as current after a NaN loss
+    elif not loss_finite:
         noise_trace, source = math.nan, "none"
-    elif all_finite(running.noise_trace) and running.noise_trace > 0:
-        noise_trace, source = running.noise_trace, "running"
+    elif math.isfinite(running_noise):
+        noise_trace, source = running_noise, "running"
     elif last_good is not None:
         noise_trace, source = last_good.noise_trace, "last_estimate"
     else:
@@ -450,7 +456,5 @@ def observe(
         loss_blocks=loss_blocks,
         first_dwell=first_dwell,
         burn_in_samples=burn_in_samples,
-        running_noise_trace=running.noise_trace
-        if loss_finite and all_finite(running.noise_trace) and running.noise_trace > 0
-        else math.nan,
+        running_noise_trace=running_noise,
     )
