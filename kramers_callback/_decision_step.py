@@ -9,6 +9,8 @@ epoch end to the next (checkpointed by :mod:`kramers_callback._callback_state`).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
@@ -26,6 +28,7 @@ from kramers_callback.observation import (
     Knobs,
     Observation,
     observe,
+    usable_running_noise,
 )
 from kramers_callback.policies import PolicyRule
 from kramers_callback.regime import RegimeDecision, choose
@@ -93,8 +96,10 @@ class DecisionStep:
         self.dim = dim
 
     def add_epoch(self, fresh: EstimateSummary | None, statistics: EpochStatistics) -> None:
-        """Add the epoch's loss blocks to the dwell, and ``fresh`` (if good) as the last good."""
-        self.dwell.extend(statistics.loss_blocks)
+        """Add the epoch's loss blocks, with its running noise, to the dwell, and ``fresh`` (if
+        good) as the last good."""
+        noise = usable_running_noise(statistics.running, loss_finite=statistics.loss_finite)
+        self.dwell.extend(replace(b, noise_trace=noise) for b in statistics.loss_blocks)
         if fresh is not None and fresh.ok:
             self.last_good = fresh
 

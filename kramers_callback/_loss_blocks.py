@@ -115,9 +115,16 @@ class Dwell:
         self.blocks = []
 
     def state_dict(self) -> list[list[float]]:
-        return [[b.mean, b.position, float(b.samples)] for b in self.blocks]
+        return [[b.mean, b.position, float(b.samples), b.noise_trace] for b in self.blocks]
 
     def load_state_dict(self, state: list[list[float]] | None) -> None:
+        # Checkpoints before the blocks carried their epoch's noise have three columns.
         self.blocks = [
-            LossBlock(mean=float(m), position=float(p), samples=int(n)) for m, p, n in state or []
+            LossBlock(
+                mean=float(row[0]),
+                position=float(row[1]),
+                samples=int(row[2]),
+                noise_trace=float(row[3]) if len(row) > 3 else math.nan,
+            )
+            for row in state or []
         ]

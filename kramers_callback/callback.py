@@ -60,7 +60,7 @@ class KramersCallback(Callback):
        left exactly as found).
     2. *Test equilibrium* (:class:`~kramers_callback.signals.EquilibriumSignal`): has the
        training loss stopped falling by more than its noise and than a cooling step would buy
-       (the floor from the epoch's running noise; never in the first epoch, the burn-in)?
+       (the floor from the running noise over the test's window; never in the first epoch)?
     3. *Choose the regime* (:func:`kramers_callback.regime.choose`, docs/theory.md section 7):
        **trapped**: the annealing target ``T*(t)``; **thermalized** with cooling worth ``1/c``
        of the loss: cool by ``r = 1/2`` (``hybrid``: ``B`` first, then ``η``); otherwise hold

@@ -185,6 +185,9 @@ class LossBlock:
     position: float
     """Mean of the samples-seen counter over the block's batches (the x of the trend)."""
     samples: int
+    noise_trace: float = math.nan
+    """The running ``tr Σ₁`` of the block's epoch (:func:`usable_running_noise`; ``nan``
+    where there was none), for the floor over a window of blocks."""
 
 
 @dataclass(frozen=True)
@@ -388,6 +391,13 @@ def sampling_size(dataset_size: int | None, batch_size: int) -> int | None:
     return None
 
 
+def usable_running_noise(running: RunningNoise, *, loss_finite: bool) -> float:
+    """The epoch's running ``tr Σ₁`` where a decision may use it, else ``nan``."""
+    # After a NaN loss older numbers would read as current: no running noise then.
+    noise = running.noise_trace
+    return noise if loss_finite and all_finite(noise) and noise > 0 else math.nan
+
+
 def observe(
     *,
     epoch: int,
@@ -411,12 +421,7 @@ def observe(
     Cost: O(1)."""
     batch = knobs.batch_size
     size = sampling_size(dataset_size, batch)
-    # After a NaN loss older numbers would read as current: no running noise then.
-    running_noise = (
-        running.noise_trace
-        if loss_finite and all_finite(running.noise_trace) and running.noise_trace > 0
-        else math.nan
-    )
+    running_noise = usable_running_noise(running, loss_finite=loss_finite)
     if fresh is not None and fresh.ok:
         noise_trace, source = fresh.noise_trace, "estimate"
     elif not loss_finite:

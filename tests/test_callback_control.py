@@ -133,6 +133,26 @@ def test_resume_after_two_epochs_matches_an_uninterrupted_run(tmp_path):
     assert data.batch_size == resumed.history[-1]["batch_size"]
 
 
+def test_a_resume_keeps_the_floor_of_a_window_that_spans_the_checkpoint(tmp_path):
+    # observe never changes a knob, so the dwell, and the test's window, run across the
+    # checkpoint: the resumed floor averages the blocks' noise from before it too.
+    def floors(cb):
+        return repr([h["metrics"]["kramers/noise_floor"] for h in cb.history])  # nan-safe
+
+    uninterrupted = KramersCallback("observe", **WELL)
+    fit_well(uninterrupted, epochs=5)
+    first = KramersCallback("observe", **WELL)
+    t, _, _ = fit_well(first, epochs=5, callbacks=[StopAfter(3)])
+    path = tmp_path / "three_epochs.ckpt"
+    t.save_checkpoint(path)
+    resumed = KramersCallback("observe", **WELL)
+    module, data = DoubleWellModule(lr=LR), DoubleWellDataModule(num_samples=SAMPLES)
+    trainer(callbacks=[resumed], max_epochs=5).fit(module, datamodule=data, ckpt_path=path)
+    assert len(resumed.history) == 5
+    assert floors(resumed) == floors(uninterrupted)
+    assert len(set(floors(uninterrupted).split(", "))) > 2  # the floor moves from epoch to epoch
+
+
 def test_state_dict_loads_with_weights_only():
     cb = KramersCallback("hybrid", **WELL)
     fit_well(cb, epochs=2)

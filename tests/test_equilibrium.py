@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -233,20 +234,26 @@ def test_a_window_inside_the_burn_in_is_not_tested_and_one_after_it_is():
     assert after.thermalized and after.statistic <= 1.0
 
 
+def _signal_reading(running: float, *, last_good=None, loss_blocks=()):
+    """The equilibrium signal's reading of an epoch end at η = 0.05, B = 32, after a change."""
+    observation = observe(
+        epoch=3,
+        horizon=Horizon(samples_seen=4800),
+        knobs=Knobs(0.05, 32, momentum=0.0, damping=1.0),
+        fresh=None,
+        running=RunningNoise(noise_trace=running),
+        last_good=last_good,
+        dataset_size=None,
+        dim=10,
+        loss_blocks=loss_blocks,
+        first_dwell=False,
+    )
+    return EquilibriumSignal().read(observation)
+
+
 def test_the_floor_reads_the_running_noise_and_names_a_fallback():
     def reading(running: float):
-        observation = observe(
-            epoch=3,
-            horizon=Horizon(samples_seen=4000),
-            knobs=Knobs(0.05, 32, momentum=0.0, damping=1.0),
-            fresh=None,
-            running=RunningNoise(noise_trace=running),
-            last_good=EstimateSummary(status="ok", noise_trace=90.0),
-            dataset_size=None,
-            dim=10,
-            first_dwell=False,
-        )
-        return EquilibriumSignal().read(observation)
+        return _signal_reading(running, last_good=EstimateSummary(status="ok", noise_trace=90.0))
 
     with_running = reading(40.0)
     expected = noise_floor(lr=0.05, noise_trace=40.0, batch_size=32)
@@ -255,3 +262,61 @@ def test_the_floor_reads_the_running_noise_and_names_a_fallback():
     without = reading(math.nan)  # no window sampled this epoch: the last estimate's noise
     assert without.floor == pytest.approx(noise_floor(lr=0.05, noise_trace=90.0, batch_size=32))
     assert without.reason.endswith("; floor from noise_source=last_estimate")
+
+
+def test_the_floor_averages_the_running_noise_over_the_test_window():
+    # Three epochs of 16 flat blocks whose running noise reads 20, 40 and 60: the window is the
+    # last half of the dwell (24 blocks: 8 of the second epoch, 16 of the third), so the floor
+    # reads (8·40 + 16·60)/24, not the epoch's 60 nor the observation's running 999.
+    def blocks(noises):
+        return tuple(
+            LossBlock(mean=1.0, position=100.0 * (16 * e + j + 0.5), samples=100, noise_trace=n)
+            for e, n in enumerate(noises)
+            for j in range(16)
+        )
+
+    def reading(loss_blocks):
+        return _signal_reading(999.0, loss_blocks=loss_blocks)
+
+    def floor(noise):
+        return noise_floor(lr=0.05, noise_trace=noise, batch_size=32)
+
+    assert reading(blocks([20.0, 40.0, 60.0])).floor == pytest.approx(floor(160.0 / 3))
+    # Blocks without an epoch noise (a non-finite loss) are left out of the mean.
+    assert reading(blocks([20.0, 40.0, math.nan])).floor == pytest.approx(floor(40.0))
+    # None in the window: the observation's running noise, as before blocks carried one.
+    assert reading(blocks([20.0, math.nan, math.nan])).floor == pytest.approx(floor(999.0))
+
+
+def test_the_dwell_keeps_each_blocks_noise_through_a_checkpoint_and_reads_old_ones():
+    dwell = Dwell()
+    dwell.extend([LossBlock(mean=0.5, position=8.0, samples=16, noise_trace=3.0)])
+    restored = Dwell()
+    buffer = io.BytesIO()
+    torch.save(dwell.state_dict(), buffer)
+    buffer.seek(0)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.blocks == dwell.blocks
+    restored.load_state_dict([[0.5, 8.0, 16.0]])  # a checkpoint from before the noise column
+    (old,) = restored.blocks
+    assert (old.mean, old.position, old.samples) == (0.5, 8.0, 16)
+    assert math.isnan(old.noise_trace)
+
+
+
+def test_the_dwell_tags_each_epochs_blocks_with_its_usable_running_noise():
+    from kramers_callback._arguments import CallbackArguments
+    from kramers_callback._decision_step import DecisionStep
+    from kramers_callback._step_statistics import EpochStatistics
+    from kramers_callback.policies import policy_rule
+
+    step = DecisionStep(CallbackArguments(), policy_rule("lr"))
+    block = LossBlock(mean=0.5, position=8.0, samples=16)
+    for noise, finite in ((3.0, True), (4.0, False), (-1.0, True)):
+        statistics = EpochStatistics(
+            RunningNoise(noise_trace=noise), loss_finite=finite, loss_blocks=(block, block)
+        )
+        step.add_epoch(None, statistics)
+    tags = [b.noise_trace for b in step.dwell.blocks]
+    # A non-finite epoch's noise and a two-batch average at or below zero are not usable.
+    assert tags[:2] == [3.0, 3.0] and all(math.isnan(t) for t in tags[2:])

@@ -117,6 +117,28 @@ def loss_trend(blocks: Sequence[LossBlock]) -> tuple[float, float]:
     return slope, math.sqrt(mssd / sxx)
 
 
+def trend_window(dwell: Sequence[LossBlock], min_blocks: int) -> list[LossBlock]:
+    """The blocks the test reads: the last half of the dwell, at least ``min_blocks`` (none
+    while the dwell is shorter)."""
+    n = len(dwell)
+    return list(dwell[n - max(min_blocks, n // 2) :]) if n >= min_blocks else []
+
+
+def window_noise_trace(window: Sequence[LossBlock]) -> float:
+    r"""The floor's noise over a window: the mean of its blocks' running ``tr Σ₁``.
+
+    .. math::
+
+        \overline{\operatorname{tr}\Sigma_1} = \frac{1}{m'}\sum_{j:\ \text{finite}}
+        \operatorname{tr}\Sigma_1^{(j)}
+
+    Each block carries its epoch's estimate, so an epoch weighs by its share of the window,
+    as its losses weigh in the trend. ``nan`` when no block has one. Cost: ``O(m)``.
+    """
+    values = [b.noise_trace for b in window if math.isfinite(b.noise_trace)]
+    return math.fsum(values) / len(values) if values else math.nan
+
+
 def equilibrium_test(
     dwell: Sequence[LossBlock],
     *,
@@ -150,7 +172,7 @@ def equilibrium_test(
     min_blocks = check_positive_int("min_blocks", min_blocks, minimum=3)
     gain = cooling_gain(floor=floor, factor=factor) if math.isfinite(floor) else math.nan
     n = len(dwell)
-    window = list(dwell[n - max(min_blocks, n // 2) :]) if n >= min_blocks else []
+    window = trend_window(dwell, min_blocks)
     loss = math.fsum(b.mean for b in window) / len(window) if window else math.nan
 
     def reading(
@@ -214,8 +236,9 @@ def equilibrium_test(
 class EquilibriumSignal:
     """The equilibrium test of the observation's dwell, at its floor.
 
-    The floor comes from the epoch's running noise (``tr Σ₁`` along the trajectory; the
-    observation's noise where there is none) and the knobs
+    The floor comes from the running noise (``tr Σ₁`` along the trajectory) averaged over the
+    test's window, as the trend averages the losses (:func:`window_noise_trace`; the epoch's
+    running noise, then the observation's, where the window's blocks carry none), and the knobs
     (:func:`~kramers_callback.noise.floor.noise_floor`); the first dwell, from the
     initialisation, asks :data:`FIRST_DWELL_FLOOR_SHARE` and a window after the first epoch
     (the initial transient). Cost: that of
@@ -232,9 +255,12 @@ class EquilibriumSignal:
 
     def read(self, observation: Observation) -> EquilibriumReading:
         knobs = observation.knobs
-        # The floor is a stationary average: the running noise averages along the trajectory
-        # of the epoch, where an estimate reads one point on a fixed probe.
-        noise = observation.running_noise_trace
+        # The floor is a stationary average: the running noise averages along the trajectory,
+        # where an estimate reads one point on a fixed probe; averaged over the window the
+        # trend reads, as the loss is.
+        noise = window_noise_trace(trend_window(observation.loss_blocks, self.min_blocks))
+        if not math.isfinite(noise):
+            noise = observation.running_noise_trace
         fallback = not math.isfinite(noise)
         if fallback:
             noise = observation.noise_trace
