@@ -172,7 +172,6 @@ def epoch_state(steps: StepStatistics) -> dict[str, Any] | None:
         return steps.restored  # not started yet: pass a restored state through
     return {
         "samples_per_epoch": steps.samples_per_epoch,
-        "epoch_samples": steps.epoch_samples,
         "epoch_steps": steps.epoch_steps,
         "step_samples": steps.step_samples,
         "loss_sum": float(steps.loss_sum),
@@ -188,7 +187,6 @@ def restore_epoch_state(steps: StepStatistics) -> None:
     if not state or steps.running is None or steps.loss_sum is None:
         return
     steps.samples_per_epoch = int(state.get("samples_per_epoch", steps.samples_per_epoch))
-    steps.epoch_samples = int(state.get("epoch_samples", 0))
     steps.epoch_steps = int(state.get("epoch_steps", 0))
     steps.step_samples = int(state.get("step_samples", 0))
     steps.loss_sum.fill_(float(state.get("loss_sum", 0.0)))

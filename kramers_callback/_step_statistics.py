@@ -59,7 +59,6 @@ class StepStatistics:
         self.samples_seen = 0
         """Samples (all ranks) trained on in the run."""
         self.samples_per_epoch = 0
-        self.epoch_samples = 0
         self.epoch_steps = 0
         self.step_samples = 0
         """Samples since the last optimizer step: the batch of the next one."""
@@ -107,7 +106,6 @@ class StepStatistics:
             per_epoch = min(per_epoch, int(num_batches) * layout.loader_batch * layout.world_size)
         self.samples_per_epoch = max(per_epoch, 1)
         self.blocks.start_epoch(num_batches, device)
-        self.epoch_samples = 0
         self.step_samples = 0
         self.epoch_steps = 0
 
@@ -115,7 +113,6 @@ class StepStatistics:
         """Count one training batch; returns its samples on all ranks."""
         samples = self.batch_samples = batch_size_of(batch) * self.world_size
         self.step_samples += samples
-        self.epoch_samples += samples
         self.samples_seen += samples
         return samples
 

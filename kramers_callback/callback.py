@@ -114,6 +114,7 @@ class KramersCallback(Callback):
         verbose: log each estimate and each deferral at INFO level.
 
     Attributes:
+        policy, compute_cost, …: every argument, read-only (fixed at construction).
         history: one dict per epoch end: what was measured, decided and why.
         stop_reason: a :class:`~kramers_callback.stopping.StopReason`.
         termination: the :class:`~kramers_callback.stopping.TerminationRule`.
@@ -169,6 +170,17 @@ class KramersCallback(Callback):
         self._rule = policy_rule(self.policy)
         self._fitted = False
         self._reset_fit_state()
+        self._constructed = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The parts hold the validated arguments: a reassigned one would be read by nothing.
+        if name in _FIELDS and getattr(self, "_constructed", False):
+            raise AttributeError(
+                f"KramersCallback.{name} is fixed at construction (got {value!r} to assign): "
+                f"pass it as KramersCallback({name}=...); a resume from a checkpoint takes the "
+                "new instance's arguments"
+            )
+        super().__setattr__(name, value)
 
     # -- state -------------------------------------------------------------------------------
     def _reset_fit_state(self) -> None:

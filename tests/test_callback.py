@@ -79,6 +79,22 @@ def test_defaults_and_top_level_export():
     assert cb.policy.value == "hybrid" and cb.overhead_budget == 0.05 and cb.compute_cost == 0.0
 
 
+def test_an_argument_reassigned_after_construction_raises_instead_of_doing_nothing():
+    import copy
+    import pickle
+
+    cb = KramersCallback(lr_min=1e-4)
+    with pytest.raises(AttributeError, match=r"lr_min is fixed at construction \(got 0.001"):
+        cb.lr_min = 1e-3
+    assert cb.lr_min == 1e-4
+    cb.history = []  # state that is not an argument stays assignable
+    # Copies and pickles restore the attributes without assigning them.
+    for clone in (copy.deepcopy(cb), pickle.loads(pickle.dumps(cb))):
+        assert clone.lr_min == 1e-4
+        with pytest.raises(AttributeError, match="fixed at construction"):
+            clone.compute_cost = 1.0
+
+
 # -- refused setups ------------------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", [FSDPStrategy, DeepSpeedStrategy])
 def test_sharded_strategies_are_refused(strategy):

@@ -78,7 +78,6 @@ def test_resume_from_a_checkpoint_saved_after_validation_inside_the_epoch(tmp_pa
     state = torch.load(path, weights_only=True)["callbacks"][first.state_key]
     assert len(state["history"]) == 1  # written before epoch 1's decision
     assert state["epoch"]["samples_per_epoch"] == SAMPLES
-    assert state["epoch"]["epoch_samples"] == SAMPLES
     assert state["epoch"]["epoch_steps"] == math.ceil(SAMPLES / state["history"][0]["batch_size"])
     # One loss per loader batch (the loader mechanism: no accumulation).
     assert sum(state["epoch"]["loss_blocks"]["batches"]) == state["epoch"]["epoch_steps"]
@@ -102,9 +101,9 @@ def test_epoch_state_round_trips_through_a_weights_only_load(tmp_path):
     pl.seed_everything(0)
     t = trainer(callbacks=[cb], max_epochs=1)
     t.fit(DoubleWellModule(lr=LR), datamodule=DoubleWellDataModule(num_samples=SAMPLES))
-    # Fake an epoch in progress: half the samples, a partial running estimate, a NaN loss.
+    # Fake an epoch in progress: 25 steps, a partial running estimate, a NaN loss.
     steps = cb._steps
-    steps.epoch_samples, steps.epoch_steps, steps.step_samples = 400, 25, 16
+    steps.epoch_steps, steps.step_samples = 25, 16
     steps.loss_sum.fill_(math.nan)
     steps.running.update(torch.ones(2), 16)
     steps.running.update(torch.zeros(2), 16)
@@ -121,7 +120,7 @@ def test_epoch_state_round_trips_through_a_weights_only_load(tmp_path):
     back.running = type(steps.running)(window=cb.noise_window, dataset_size=SAMPLES)
     back.loss_sum = torch.zeros(())
     restore_epoch_state(back)
-    assert (back.epoch_samples, back.epoch_steps, back.step_samples) == (400, 25, 16)
+    assert (back.epoch_steps, back.step_samples) == (25, 16)
     assert math.isnan(float(back.loss_sum))
     restored_noise = {k: float(v) for k, v in back.running.compute().items()}
     assert restored_noise == {k: float(v) for k, v in steps.running.compute().items()}
