@@ -30,6 +30,7 @@ __all__ = [
     "epochs_left",
     "observe",
     "sampling_size",
+    "usable_running_noise",
 ]
 
 DECISION_SOLVERS = ("top", "min")

@@ -134,8 +134,9 @@ def test_resume_after_two_epochs_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_a_resume_keeps_the_floor_of_a_window_that_spans_the_checkpoint(tmp_path):
-    # observe never changes a knob, so the dwell, and the test's window, run across the
-    # checkpoint: the resumed floor averages the blocks' noise from before it too.
+    # Guards the checkpoint of the dwell blocks' noise: observe never changes a knob, so the
+    # dwell, and the test's window, run across the checkpoint, and the resumed floor averages
+    # the blocks' noise from before it too (it differs if that column is not restored).
     def floors(cb):
         return repr([h["metrics"]["kramers/noise_floor"] for h in cb.history])  # nan-safe
 

@@ -19,9 +19,13 @@ import scipy.linalg
 import scipy.stats
 import torch
 
+from kramers_callback._arguments import CallbackArguments
+from kramers_callback._decision_step import DecisionStep
 from kramers_callback._loss_blocks import Dwell, LossBlocks
+from kramers_callback._step_statistics import EpochStatistics
 from kramers_callback.noise.floor import COOLING_FACTOR, cooling_factor, cooling_gain, noise_floor
 from kramers_callback.observation import EstimateSummary, Horizon, Knobs, RunningNoise, observe
+from kramers_callback.policies import policy_rule
 from kramers_callback.regime import Phase, classify_phase, cooling_value
 from kramers_callback.signals import EquilibriumSignal
 from kramers_callback.signals.equilibrium import LossBlock, equilibrium_test, loss_trend
@@ -234,7 +238,7 @@ def test_a_window_inside_the_burn_in_is_not_tested_and_one_after_it_is():
     assert after.thermalized and after.statistic <= 1.0
 
 
-def _signal_reading(running: float, *, last_good=None, loss_blocks=()):
+def _signal_reading(running: float, *, last_good=None, loss_blocks=(), signal=None):
     """The equilibrium signal's reading of an epoch end at η = 0.05, B = 32, after a change."""
     observation = observe(
         epoch=3,
@@ -248,7 +252,7 @@ def _signal_reading(running: float, *, last_good=None, loss_blocks=()):
         loss_blocks=loss_blocks,
         first_dwell=False,
     )
-    return EquilibriumSignal().read(observation)
+    return (signal or EquilibriumSignal()).read(observation)
 
 
 def test_the_floor_reads_the_running_noise_and_names_a_fallback():
@@ -275,41 +279,46 @@ def test_the_floor_averages_the_running_noise_over_the_test_window():
             for j in range(16)
         )
 
-    def reading(loss_blocks):
-        return _signal_reading(999.0, loss_blocks=loss_blocks)
+    def reading(loss_blocks, signal=None):
+        return _signal_reading(999.0, loss_blocks=loss_blocks, signal=signal)
 
     def floor(noise):
         return noise_floor(lr=0.05, noise_trace=noise, batch_size=32)
 
     assert reading(blocks([20.0, 40.0, 60.0])).floor == pytest.approx(floor(160.0 / 3))
+    # A longer smallest window (40 blocks: 8 of the first epoch) reaches further back.
+    longer = reading(blocks([20.0, 40.0, 60.0]), signal=EquilibriumSignal(min_blocks=40))
+    assert longer.floor == pytest.approx(floor((8 * 20 + 16 * 40 + 16 * 60) / 40))
     # Blocks without an epoch noise (a non-finite loss) are left out of the mean.
     assert reading(blocks([20.0, 40.0, math.nan])).floor == pytest.approx(floor(40.0))
-    # None in the window: the observation's running noise, as before blocks carried one.
-    assert reading(blocks([20.0, math.nan, math.nan])).floor == pytest.approx(floor(999.0))
+    # None in the window: the epoch's running noise (not the estimate's, which the reason
+    # would name), as before blocks carried one.
+    fallback = reading(blocks([20.0, math.nan, math.nan]))
+    assert fallback.floor == pytest.approx(floor(999.0))
+    assert "noise_source" not in fallback.reason
 
 
 def test_the_dwell_keeps_each_blocks_noise_through_a_checkpoint_and_reads_old_ones():
     dwell = Dwell()
-    dwell.extend([LossBlock(mean=0.5, position=8.0, samples=16, noise_trace=3.0)])
+    dwell.extend(
+        [
+            LossBlock(mean=0.5, position=8.0, samples=16, noise_trace=3.0),
+            LossBlock(mean=0.4, position=24.0, samples=16),  # no usable noise: nan
+        ]
+    )
     restored = Dwell()
     buffer = io.BytesIO()
     torch.save(dwell.state_dict(), buffer)
     buffer.seek(0)
     restored.load_state_dict(torch.load(buffer, weights_only=True))
-    assert restored.blocks == dwell.blocks
+    assert repr(restored.blocks) == repr(dwell.blocks)  # repr: nan == nan
     restored.load_state_dict([[0.5, 8.0, 16.0]])  # a checkpoint from before the noise column
     (old,) = restored.blocks
     assert (old.mean, old.position, old.samples) == (0.5, 8.0, 16)
     assert math.isnan(old.noise_trace)
 
 
-
 def test_the_dwell_tags_each_epochs_blocks_with_its_usable_running_noise():
-    from kramers_callback._arguments import CallbackArguments
-    from kramers_callback._decision_step import DecisionStep
-    from kramers_callback._step_statistics import EpochStatistics
-    from kramers_callback.policies import policy_rule
-
     step = DecisionStep(CallbackArguments(), policy_rule("lr"))
     block = LossBlock(mean=0.5, position=8.0, samples=16)
     for noise, finite in ((3.0, True), (4.0, False), (-1.0, True)):

@@ -55,6 +55,8 @@ __all__ = [
     "LossBlock",
     "equilibrium_test",
     "loss_trend",
+    "trend_window",
+    "window_noise_trace",
 ]
 
 NOISE_Z = 2.0
@@ -132,8 +134,9 @@ def window_noise_trace(window: Sequence[LossBlock]) -> float:
         \overline{\operatorname{tr}\Sigma_1} = \frac{1}{m'}\sum_{j:\ \text{finite}}
         \operatorname{tr}\Sigma_1^{(j)}
 
-    Each block carries its epoch's estimate, so an epoch weighs by its share of the window,
-    as its losses weigh in the trend. ``nan`` when no block has one. Cost: ``O(m)``.
+    over the ``m'`` of the window's ``m`` blocks that carry a finite value. Each block carries
+    its epoch's estimate, so an epoch weighs by its share of the window, as its losses weigh in
+    the trend. ``nan`` when no block has one. Cost: ``O(m)``.
     """
     values = [b.noise_trace for b in window if math.isfinite(b.noise_trace)]
     return math.fsum(values) / len(values) if values else math.nan
