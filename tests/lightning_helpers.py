@@ -282,3 +282,8 @@ class BatchSizes(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.steps[trainer.current_epoch] = trainer.global_step - self._start
+
+
+def decisions(cb: Any) -> list[tuple]:
+    """A callback's history as what was decided each epoch: the comparison of resume tests."""
+    return [(h["epoch"], h["estimate"], h["reason"], h["lr"], h["batch_size"]) for h in cb.history]

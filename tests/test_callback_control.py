@@ -22,6 +22,7 @@ from lightning_helpers import (
     SplitDoubleWell,
     StopAfter,
     TinyClassifier,
+    decisions,
     flat_parameters,
     trainer,
 )
@@ -43,10 +44,6 @@ def fit_well(cb, *, epochs=4, module=None, data=None, callbacks=(), **trainer_kw
     t = trainer(callbacks=[cb, *callbacks], **trainer_kwargs)
     t.fit(module, datamodule=data)
     return t, module, data
-
-
-def decisions(cb):
-    return [(h["epoch"], h["estimate"], h["reason"], h["lr"], h["batch_size"]) for h in cb.history]
 
 
 def test_hybrid_grows_the_loader_batch_then_lowers_the_lr():

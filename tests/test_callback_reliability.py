@@ -11,7 +11,7 @@ import warnings
 import pytest
 import pytorch_lightning as pl
 import torch
-from lightning_helpers import BlobsData, TinyClassifier, trainer
+from lightning_helpers import BlobsData, TinyClassifier, decisions, trainer
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 import kramers_callback._estimate_schedule as schedule_module
@@ -98,10 +98,6 @@ def test_the_horizon_is_max_steps_when_only_max_steps_bounds_the_run(policy):
 
 
 # -- 9. one instance fitted twice ----------------------------------------------------------
-def decisions(cb):
-    return [(h["epoch"], h["estimate"], h["reason"], h["lr"], h["batch_size"]) for h in cb.history]
-
-
 def test_a_second_fit_starts_afresh_and_a_resume_continues(tmp_path):
     cb = KramersCallback("hybrid", **QUICK)
     t, _, _ = fit_blobs(cb)

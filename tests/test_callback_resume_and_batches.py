@@ -17,6 +17,7 @@ from lightning_helpers import (
     DoubleWellModule,
     FixedDoubleWellData,
     StopAfter,
+    decisions,
     flat_parameters,
     trainer,
 )
@@ -47,10 +48,6 @@ class ValidatedWell(DoubleWellModule):
 class ValidatedData(DoubleWellDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=200)
-
-
-def decisions(cb: KramersCallback) -> list[tuple]:
-    return [(h["epoch"], h["estimate"], h["reason"], h["lr"], h["batch_size"]) for h in cb.history]
 
 
 # -- 1. resume from a checkpoint written before on_train_epoch_end ---------------------------
