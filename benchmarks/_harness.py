@@ -1,8 +1,9 @@
 """Shared plumbing of the wall-time benchmarks: one timed ``trainer.fit``, arms run alternately,
 the per-step timer, and what a callback's history says about its estimates.
 
-Not a benchmark itself; imported by ``bench_gpu.py``, ``bench_overhead_default.py`` and
-``bench_scaling.py`` (the scripts' folder is on ``sys.path`` when they run as scripts).
+Not a benchmark itself; imported by ``bench_gpu.py``, ``bench_overhead.py`` and
+``bench_overhead_default.py`` (the scripts' folder is on ``sys.path`` when they run as
+scripts).
 """
 
 from __future__ import annotations
@@ -93,6 +94,18 @@ class RecordingKramers(KramersCallback):
             self.forwards.append(int(est.num_forward))
 
 
+QUIET_TRAINER: dict[str, Any] = {
+    "devices": 1,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+    "limit_val_batches": 0,
+}
+"""``pl.Trainer`` options of a timed fit: one device, no validation, logging or checkpoints."""
+
+
 @dataclass
 class FitResult:
     seconds: float
@@ -119,16 +132,10 @@ def fit(
     timer = EpochTimer()
     trainer = pl.Trainer(
         accelerator=accelerator,
-        devices=1,
         max_epochs=epochs,
         precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         callbacks=[timer] if callback is None else [timer, callback],
+        **QUIET_TRAINER,
         **trainer_options,
     )
     started = time.perf_counter()

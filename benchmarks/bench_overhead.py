@@ -28,6 +28,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from _harness import QUIET_TRAINER
 
 from kramers_callback.callback import KramersCallback
 from kramers_callback.examples import ClassifierModule, DigitsCNN, DigitsDataModule
@@ -78,15 +79,9 @@ def fit(
     module = ClassifierModule(DigitsCNN(), lr=0.1)
     trainer = pl.Trainer(
         accelerator="cpu",
-        devices=1,
         max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         callbacks=[] if callback is None else [callback],
+        **QUIET_TRAINER,
     )
     data = DigitsDataModule(batch_size=32, seed=seed)
     data.setup("fit")
