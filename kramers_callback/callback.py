@@ -451,3 +451,6 @@ class KramersCallback(Callback):
                 "KramersCallback: the running noise estimate was skipped at steps whose window "
                 "would span more samples than the data set; the last estimate's noise was used."
             )
+        # Ranks leave the fit together: under ddp_spawn on gloo, ranks that reached the exit
+        # apart aborted rank 1 at exit in about 1 fit of 3 (SIGABRT), none with this barrier.
+        trainer.strategy.barrier("KramersCallback.on_fit_end")
