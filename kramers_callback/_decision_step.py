@@ -84,6 +84,7 @@ class DecisionStep:
         self.dwell = Dwell()
         self.first_dwell = True
         self.first_epoch_samples: int | None = None
+        self._warned_loss_sign = False
 
     def start(self, *, lr: float, batch_size: int, dataset_size: int, dim: int) -> None:
         """At train start: the knobs (kept from the first fit on a resume), the training-set
@@ -178,6 +179,15 @@ class DecisionStep:
             compute_cost=self.arguments.compute_cost,
             factor=self.cooling_factor,
         )
+        loss, cost = regime.equilibrium.loss, self.arguments.compute_cost
+        if cost > 0 and loss <= 0 and not self._warned_loss_sign:
+            self._warned_loss_sign = True
+            rank_zero_warn(
+                f"KramersCallback: compute_cost={cost:g} weighs what cooling can remove as a "
+                "share of the training loss, which needs a loss bounded below by 0; the mean "
+                f"training loss over the equilibrium window is {loss:.4g}, so cooling counts as "
+                "worth it down to the coldest setting (docs/theory.md, section 7.5)."
+            )
         if not observation.loss_finite and not self.arguments.check_finite:
             rank_zero_warn(
                 f"KramersCallback: non-finite training loss in epoch {observation.epoch}: "

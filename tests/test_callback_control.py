@@ -6,6 +6,7 @@ import dataclasses
 import io
 import logging
 import math
+import re
 import warnings
 
 import pytest
@@ -287,6 +288,25 @@ def test_stop_rule_stops_once_with_its_reason(caplog):
     assert len(said) == 1 and "for 2 consecutive checks" in said[0]
     assert "coldest setting" in said[0]
     assert cb.state_dict()["termination"]["reason"] == "coldest_setting"
+
+
+def test_a_loss_below_zero_under_a_compute_cost_warns_once_and_names_the_rule():
+    # The double well's loss x⁴ − 3x² + y² is negative near its minima (−2.25 at the bottom):
+    # the worth rule's "share of the loss" is undefined there, and the user is told once.
+    cb = KramersCallback("observe", compute_cost=1e-6, patience=2, **WELL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_well(cb, epochs=6)
+    said = [str(w.message) for w in caught if "bounded below by 0" in str(w.message)]
+    assert len(said) == 1, said
+    assert "compute_cost=1e-06" in said[0] and "coldest setting" in said[0]
+    assert float(re.search(r"window is (\S+),", said[0]).group(1)) < 0
+    # Without a compute cost the rule weighs nothing, and there is nothing to warn about.
+    free = KramersCallback("observe", patience=2, **WELL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_well(free, epochs=3)
+    assert not [w for w in caught if "bounded below by 0" in str(w.message)]
 
 
 def test_stop_rule_never_stops_a_descending_run():
