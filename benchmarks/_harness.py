@@ -2,8 +2,8 @@
 the per-step timer, and what a callback's history says about its estimates.
 
 Not a benchmark itself; imported by ``bench_gpu.py``, ``bench_overhead.py`` and
-``bench_overhead_default.py`` (the scripts' folder is on ``sys.path`` when they run as
-scripts).
+``bench_overhead_default.py``, and for its quiet Trainer options by ``bench_outcome.py`` (the
+scripts' folder is on ``sys.path`` when they run as scripts).
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from _harness import QUIET_TRAINER
 from pytorch_lightning.callbacks import Callback, EarlyStopping
 
 from kramers_callback.examples import (
@@ -115,6 +116,13 @@ steps before the first test, more than either budget, so the smallest statistics
 package allows (100, at ``leak_ratio=4``: 400 steps) is used instead. Its step is
 ``α = η₀/(1 − β)``: QHM's dampened momentum (``h ← βh + (1 − β)g``, ``x ← x − αh``) then takes
 the same steps as SGD with momentum ``β`` and learning rate ``η₀``."""
+
+VALIDATED_TRAINER: dict[str, Any] = {
+    **{k: v for k, v in QUIET_TRAINER.items() if k != "limit_val_batches"},
+    "accelerator": "cpu",
+}
+"""``pl.Trainer`` options of every run: the timed fits' quiet options on one CPU process, with
+validation after every epoch."""
 
 ACCURACY_TOLERANCE = 0.3
 """Target: Kramers final accuracy within this many percentage points of the best baseline."""
@@ -432,16 +440,7 @@ def run_one(
     recorder = Recorder()
     callbacks.append(recorder)
     trainer = pl.Trainer(
-        max_epochs=budget,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        deterministic=False,
+        max_epochs=budget, callbacks=callbacks, deterministic=False, **VALIDATED_TRAINER
     )
     started = time.perf_counter()
     with warnings.catch_warnings():
