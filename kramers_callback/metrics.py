@@ -25,22 +25,25 @@ __all__ = [
     "publish",
 ]
 
-METRICS = (
-    "kramers/temperature",
-    "kramers/temperature_target",
-    "kramers/critical_temperature",
-    "kramers/lr",
-    "kramers/batch_size",
+_ESTIMATE_NUMBERS = (
     "kramers/lambda_max",
     "kramers/lambda_min",
     "kramers/hessian_trace",
-    "kramers/noise_scale",
     "kramers/barrier",
     "kramers/escape_rate",
     "kramers/escape_time",
     "kramers/expected_escapes",
     "kramers/unmeasured_pathways",
     "kramers/estimate_seconds",
+)
+METRICS = (
+    "kramers/temperature",
+    "kramers/temperature_target",
+    "kramers/critical_temperature",
+    "kramers/lr",
+    "kramers/batch_size",
+    "kramers/noise_scale",
+    *_ESTIMATE_NUMBERS,
     "kramers/equilibrium",
     "kramers/phase",
     "kramers/noise_floor",
@@ -51,19 +54,7 @@ METRICS = (
 target, lr, batch size, noise scale) and the regime's (equilibrium statistic, phase, noise
 floor, cooling gain, coldest temperature) are logged again."""
 PROGRESS_BAR = ("kramers/temperature", "kramers/escape_rate")
-ESTIMATE_METRICS = (
-    "kramers/lambda_max",
-    "kramers/lambda_min",
-    "kramers/hessian_trace",
-    "kramers/barrier",
-    "kramers/escape_rate",
-    "kramers/escape_time",
-    "kramers/expected_escapes",
-    "kramers/unmeasured_pathways",
-    "kramers/estimate_seconds",
-    "kramers/converged",
-    "kramers/trace_converged",
-)
+ESTIMATE_METRICS = (*_ESTIMATE_NUMBERS, "kramers/converged", "kramers/trace_converged")
 """The numbers only an estimate gives: NaN at an epoch end whose estimate failed or whose
 training loss was not finite (never the last good values, which would read as current)."""
 
