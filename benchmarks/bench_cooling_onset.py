@@ -22,9 +22,9 @@ Usage::
     python benchmarks/bench_cooling_onset.py --datasets mnist1d --starts 13 15 --factor 0.1 \
         --coolings 2
 
-Each run prints one JSON line (data set, ``h``, ``r``, ``k``, seed, epochs, final and best
-validation accuracy); the last lines are the means ± standard errors per ``h``. A script, not
-a test; it needs the ``examples`` extra.
+Each run prints one JSON line (data set, ``h``, ``r``, ``k``, seed, epochs, training
+sample-passes, final and best validation accuracy); after each ``h``'s runs one line gives
+their mean ± standard error. A script, not a test; it needs the ``examples`` extra.
 """
 
 from __future__ import annotations

@@ -180,7 +180,8 @@ class DecisionStep:
             factor=self.cooling_factor,
         )
         loss, cost = regime.equilibrium.loss, self.arguments.compute_cost
-        if cost > 0 and loss <= 0 and not self._warned_loss_sign:
+        # A loss of exactly 0 (a memorised set) is no sign of a loss unbounded below.
+        if cost > 0 and loss < 0 and not self._warned_loss_sign:
             self._warned_loss_sign = True
             rank_zero_warn(
                 f"KramersCallback: compute_cost={cost:g} weighs what cooling can remove as a "
