@@ -455,6 +455,7 @@ class KramersCallback(Callback):
                 )
         finally:
             # Ranks leave the fit together (also when rank 0's report fails): under ddp_spawn
-            # on gloo, ranks that reached the exit apart aborted rank 1 there in 3 of 12 fits
-            # (SIGABRT), none of 15 with this barrier.
+            # on gloo, a fit whose callbacks made collectives at epoch end (ours, or Lightning's
+            # reduce_boolean_decision alone) aborted rank 1 at exit in 3 of 12 and 4 of 10
+            # fits (SIGABRT); none of 15 and 10 with this barrier.
             trainer.strategy.barrier("KramersCallback.on_fit_end")
