@@ -105,6 +105,13 @@ QUIET_TRAINER: dict[str, Any] = {
 }
 """``pl.Trainer`` options of a timed fit: one device, no validation, logging or checkpoints."""
 
+VALIDATED_TRAINER: dict[str, Any] = {
+    **{k: v for k, v in QUIET_TRAINER.items() if k != "limit_val_batches"},
+    "accelerator": "cpu",
+}
+"""``pl.Trainer`` options of an outcome run: the quiet options on one CPU process, with
+validation after every epoch."""
+
 
 @dataclass
 class FitResult:

@@ -39,13 +39,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from bench_outcome import (
-    DATASETS,
-    TRAINING_PASSES_PER_SAMPLE,
-    VALIDATED_TRAINER,
-    Recorder,
-    ScheduledClassifier,
-)
+from _harness import VALIDATED_TRAINER
+from bench_outcome import DATASETS, TRAINING_PASSES_PER_SAMPLE, Recorder, ScheduledClassifier
 
 
 def cooling_factors(*, start: int, factor: float, coolings: int) -> list[float]:

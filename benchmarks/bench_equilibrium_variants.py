@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
+from _harness import VALIDATED_TRAINER
 from pytorch_lightning.callbacks import Callback
 
 from kramers_callback._loss_blocks import Dwell, LossBlocks
@@ -82,7 +83,9 @@ class _Controller(Callback):
         moments = per_sample_noise(ProbeLoss(pl_module, lambda m, b: m.per_sample_loss(b), [batch]))
         pl_module.train()
         return noise_floor(
-            lr=lr / (1 - 0.9), noise_trace=float(moments.noise_trace), batch_size=32,
+            lr=lr / (1 - 0.9),
+            noise_trace=float(moments.noise_trace),
+            batch_size=32,
             dataset_size=len(data),
         )
 
@@ -116,8 +119,17 @@ class _Controller(Callback):
                 self.dwell.reset()
                 self.cooled, action = True, "cool"
         accuracy = float(trainer.callback_metrics.get("val_acc", math.nan))
-        self.rows.append(dict(epoch=trainer.current_epoch, lr=lr, loss=loss, floor=floor,
-                              statistic=reading.statistic, val_acc=accuracy, action=action))
+        self.rows.append(
+            dict(
+                epoch=trainer.current_epoch,
+                lr=lr,
+                loss=loss,
+                floor=floor,
+                statistic=reading.statistic,
+                val_acc=accuracy,
+                action=action,
+            )
+        )
         print(
             f"epoch {trainer.current_epoch:2d} lr {lr:.4g} loss {loss:.3f} floor {floor:.3f} "
             f"E {reading.statistic:.3g} val_acc {accuracy:.3f} {action}",
@@ -130,15 +142,17 @@ def run(variant: str, seed: int, *, epochs: int, compute_cost: float, patience: 
     pl.seed_everything(seed, verbose=False)
     module = ClassifierModule(MNIST1DCNN(), lr=0.05, momentum=0.9)
     controller = _Controller(variant, compute_cost, patience if variant != "upper" else 1, 512)
-    trainer = pl.Trainer(
-        max_epochs=epochs, callbacks=[controller], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-    )
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=[controller], **VALIDATED_TRAINER)
     started = time.perf_counter()
     trainer.fit(module, datamodule=MNIST1DDataModule(batch_size=32, seed=seed))
     last = controller.rows[-1]
-    return dict(variant=variant, seed=seed, epochs=len(controller.rows),
-                final_val_acc=last["val_acc"], seconds=time.perf_counter() - started)
+    return dict(
+        variant=variant,
+        seed=seed,
+        epochs=len(controller.rows),
+        final_val_acc=last["val_acc"],
+        seconds=time.perf_counter() - started,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -150,8 +164,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=2)
     args = parser.parse_args(argv)
     for seed in args.seeds:
-        result = run(args.variant, seed, epochs=args.epochs, compute_cost=args.compute_cost,
-                     patience=args.patience)
+        result = run(
+            args.variant,
+            seed,
+            epochs=args.epochs,
+            compute_cost=args.compute_cost,
+            patience=args.patience,
+        )
         print("final", result, flush=True)
 
 

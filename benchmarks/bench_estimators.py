@@ -409,9 +409,7 @@ def double_well_loss_fn(model: nn.Module, batch: Any) -> Tensor:
     return model.per_sample_loss(batch)  # type: ignore[operator]
 
 
-def estimate_double_well(
-    samples: Tensor, lr: float, batch_size: int, seed: int
-) -> Any:
+def estimate_double_well(samples: Tensor, lr: float, batch_size: int, seed: int) -> Any:
     model = DoubleWellModule(lr=lr)
     batches = [(samples[i : i + 4096],) for i in range(0, len(samples), 4096)]
     return estimate(

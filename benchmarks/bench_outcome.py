@@ -73,7 +73,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from _harness import QUIET_TRAINER
+from _harness import VALIDATED_TRAINER
 from pytorch_lightning.callbacks import Callback, EarlyStopping
 
 from kramers_callback.examples import (
@@ -117,12 +117,6 @@ package allows (100, at ``leak_ratio=4``: 400 steps) is used instead. Its step i
 ``α = η₀/(1 − β)``: QHM's dampened momentum (``h ← βh + (1 − β)g``, ``x ← x − αh``) then takes
 the same steps as SGD with momentum ``β`` and learning rate ``η₀``."""
 
-VALIDATED_TRAINER: dict[str, Any] = {
-    **{k: v for k, v in QUIET_TRAINER.items() if k != "limit_val_batches"},
-    "accelerator": "cpu",
-}
-"""``pl.Trainer`` options of every run: the timed fits' quiet options on one CPU process, with
-validation after every epoch."""
 
 ACCURACY_TOLERANCE = 0.3
 """Target: Kramers final accuracy within this many percentage points of the best baseline."""
@@ -181,7 +175,10 @@ def make_sasa(params: Any, *, lr: float, momentum: float, testfreq: int) -> torc
     from statopt import SASA
 
     optimizer = SASA(
-        params, lr=lr / (1.0 - momentum), momentum=momentum, testfreq=max(1, testfreq),
+        params,
+        lr=lr / (1.0 - momentum),
+        momentum=momentum,
+        testfreq=max(1, testfreq),
         **SASA_OPTIONS,
     )
     # statopt 0.2 accepts only var_mode 'mb' but computes batch means only for 'bm' (anything
@@ -280,7 +277,11 @@ class Recorder(Callback):
         self._loss_sum, self._loss_count = None, 0
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
     ) -> None:
         count = len(batch[1])
@@ -390,7 +391,8 @@ def _estimate_work(kramers: Callback | None, history: list[dict[str, Any]]) -> t
     if value is not None:
         return value, "budget.estimate_work"
     logged = [
-        v for h in history
+        v
+        for h in history
         if (v := _finite(h.get("metrics", {}).get("kramers/estimate_work"))) is not None
     ]
     if logged:
@@ -404,8 +406,17 @@ def _changes(history: list[dict[str, Any]]) -> list[list[Any]]:
         lr_before, lr = h.get("lr_before"), h.get("lr")
         batch_before, batch = h.get("batch_before"), h.get("batch_size")
         if lr_before != lr or batch_before != batch:
-            out.append([h.get("epoch"), lr_before, lr, batch_before, batch, h.get("reason"),
-                        h.get("phase")])
+            out.append(
+                [
+                    h.get("epoch"),
+                    lr_before,
+                    lr,
+                    batch_before,
+                    batch,
+                    h.get("reason"),
+                    h.get("phase"),
+                ]
+            )
     return out
 
 
@@ -452,7 +463,8 @@ def run_one(
     estimate_work, source = _estimate_work(kramers, history)
     training_work = float(TRAINING_PASSES_PER_SAMPLE * recorder.samples)
     seconds = [
-        v for h in history
+        v
+        for h in history
         if (v := _finite(h.get("metrics", {}).get("kramers/estimate_seconds"))) is not None
     ]
     return RunResult(
@@ -700,8 +712,11 @@ def _noise_floor_events(run: dict[str, Any]) -> tuple[list[tuple[float, float]],
         epoch = change[0]
         predicted = _finite(by_epoch.get(epoch, {}).get("cooling_gain"))
         if (
-            not isinstance(epoch, int) or epoch + 1 >= len(losses) or predicted is None
-            or predicted <= 0 or not math.isfinite(losses[epoch] - losses[epoch + 1])
+            not isinstance(epoch, int)
+            or epoch + 1 >= len(losses)
+            or predicted is None
+            or predicted <= 0
+            or not math.isfinite(losses[epoch] - losses[epoch + 1])
         ):
             skipped += 1
             continue
@@ -718,8 +733,7 @@ def _noise_floor_table(by_method: dict[str, Runs]) -> list[str]:
         "minus that of the next) over predicted drop (`kramers/cooling_gain` at the decision); "
         "median [interquartile range]:",
         "",
-        "| arm | events | not measurable | measured / predicted | measured drop | "
-        "predicted drop |",
+        "| arm | events | not measurable | measured / predicted | measured drop | predicted drop |",
         "|---|---|---|---|---|---|",
     ]
     for arm in arms:
@@ -843,8 +857,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                         continue
                     with contextlib.redirect_stdout(io.StringIO()):
                         result = run_one(
-                            dataset, method, seed, budget=budget, scale=args.epochs_scale,
-                            threads=args.threads, kramers_extra=extra,
+                            dataset,
+                            method,
+                            seed,
+                            budget=budget,
+                            scale=args.epochs_scale,
+                            threads=args.threads,
+                            kramers_extra=extra,
                         )
                     record = asdict(result)
                     runs.append(record)

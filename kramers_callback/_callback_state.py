@@ -15,7 +15,6 @@ from kramers_callback.noise.running import RunningNoiseEstimator
 from kramers_callback.observation import EstimateSummary
 
 if TYPE_CHECKING:
-    from kramers_callback._step_statistics import StepStatistics
     from kramers_callback.callback import KramersCallback
 
 __all__ = [
@@ -24,12 +23,10 @@ __all__ = [
     "WarmStart",
     "adopt_legacy_key",
     "callback_state",
-    "epoch_state",
     "layout_from_state",
     "layout_to_state",
     "load_callback_state",
     "load_running",
-    "restore_epoch_state",
     "running_to_state",
 ]
 
@@ -112,13 +109,14 @@ def callback_state(cb: KramersCallback) -> dict[str, Any]:
         "initial_batch": decision.initial_batch,
         "layout": layout_to_state(cb._batches.layout),
         "samples_seen": cb._steps.samples_seen,
-        "epoch": epoch_state(cb._steps),
+        "epoch": cb._steps.epoch_state(),
         "batch_pinned": cb._batches.pinned,
         "num_estimates": estimates.num_estimates,
         "last_good": None if good is None else good.to_state(),
         "warm_eigenvectors": None if warm is None else warm.eigenvectors,
         "warm_min_eigenvector": None if warm is None else warm.min_eigenvector,
         "adaptive_warned": cb._adaptive_warned,
+        "loss_sign_warned": decision.loss_sign_warned,
         "budget": estimates.budget.state_dict(),
         "termination": cb.termination.state_dict(),
         "dwell": decision.dwell.state_dict(),
@@ -153,6 +151,7 @@ def load_callback_state(cb: KramersCallback, state: dict[str, Any]) -> None:
     vectors, minimum = state.get("warm_eigenvectors"), state.get("warm_min_eigenvector")
     estimates.warm = None if vectors is None else WarmStart(vectors, minimum)
     cb._adaptive_warned = bool(state.get("adaptive_warned", False))
+    decision.loss_sign_warned = bool(state.get("loss_sign_warned", False))
     estimates.budget.load_state_dict(state.get("budget", {}))
     cb.termination.load_state_dict(state.get("termination", {}))
     decision.dwell.load_state_dict(state.get("dwell"))
@@ -160,35 +159,3 @@ def load_callback_state(cb: KramersCallback, state: dict[str, Any]) -> None:
     first_epoch = state.get("first_epoch_samples")
     decision.first_epoch_samples = None if first_epoch is None else int(first_epoch)
     cb.history = [dict(h) for h in state.get("history", [])]
-
-
-def epoch_state(steps: StepStatistics) -> dict[str, Any] | None:
-    """The state of the epoch in progress, which ``on_train_epoch_start`` sets up and which
-    Lightning does not set up again when it resumes from a checkpoint written inside an
-    epoch (mid-epoch, or at its end before ``on_train_epoch_end``: a ModelCheckpoint
-    saving after validation). Plain Python numbers only."""
-    running = steps.running
-    if running is None or steps.loss_sum is None:
-        return steps.restored  # not started yet: pass a restored state through
-    return {
-        "samples_per_epoch": steps.samples_per_epoch,
-        "epoch_steps": steps.epoch_steps,
-        "step_samples": steps.step_samples,
-        "loss_sum": float(steps.loss_sum),
-        "running": running_to_state(running),
-        "loss_blocks": steps.blocks.state_dict(),
-    }
-
-
-def restore_epoch_state(steps: StepStatistics) -> None:
-    """Put back a checkpoint's epoch state (once; ``on_train_epoch_start`` overwrites it
-    when Lightning starts a new epoch rather than finishing the checkpoint's)."""
-    state, steps.restored = steps.restored, None
-    if not state or steps.running is None or steps.loss_sum is None:
-        return
-    steps.samples_per_epoch = int(state.get("samples_per_epoch", steps.samples_per_epoch))
-    steps.epoch_steps = int(state.get("epoch_steps", 0))
-    steps.step_samples = int(state.get("step_samples", 0))
-    steps.loss_sum.fill_(float(state.get("loss_sum", 0.0)))
-    load_running(steps.running, state.get("running") or {})
-    steps.blocks.load_state_dict(state.get("loss_blocks"))

@@ -60,6 +60,8 @@ class DecisionStep:
         first_dwell: whether no change of ``η`` or ``B`` has happened yet.
         first_epoch_samples: the samples seen by this callback at its first epoch end (the
             first dwell's burn-in); ``None`` before it.
+        loss_sign_warned: whether the warning for a loss below 0 under a compute cost was
+            given (checkpointed, so a resumed run does not repeat it).
     """
 
     def __init__(self, arguments: CallbackArguments, rule: PolicyRule) -> None:
@@ -84,7 +86,7 @@ class DecisionStep:
         self.dwell = Dwell()
         self.first_dwell = True
         self.first_epoch_samples: int | None = None
-        self._warned_loss_sign = False
+        self.loss_sign_warned = False
 
     def start(self, *, lr: float, batch_size: int, dataset_size: int, dim: int) -> None:
         """At train start: the knobs (kept from the first fit on a resume), the training-set
@@ -181,8 +183,8 @@ class DecisionStep:
         )
         loss, cost = regime.equilibrium.loss, self.arguments.compute_cost
         # A loss of exactly 0 (a memorised set) is no sign of a loss unbounded below.
-        if cost > 0 and loss < 0 and not self._warned_loss_sign:
-            self._warned_loss_sign = True
+        if cost > 0 and loss < 0 and not self.loss_sign_warned:
+            self.loss_sign_warned = True
             rank_zero_warn(
                 f"KramersCallback: compute_cost={cost:g} weighs what cooling can remove as a "
                 "share of the training loss, which needs a loss bounded below by 0; the mean "

@@ -1,5 +1,5 @@
-"""What the training steps leave for the epoch end: sample counts, the training loss (its sum
-and blocks) and the running two-batch noise estimate.
+"""What the training steps leave for the epoch end: sample counts, the training loss in blocks
+and the running two-batch noise estimate.
 
 Torch plumbing for the per-step hooks of :class:`~kramers_callback.KramersCallback`, one call
 each: ``O(1)`` per step on the device (no host-device synchronisation), plus ``O(d)`` on the
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kramers_callback import _optimizer as optim_io
 from kramers_callback._batch_size import BatchLayout
-from kramers_callback._callback_state import restore_epoch_state
+from kramers_callback._callback_state import load_running, running_to_state
 from kramers_callback._loss_blocks import LossBlocks
 from kramers_callback._probe import batch_size_of
 from kramers_callback._validation import all_finite
@@ -46,7 +46,7 @@ class StepStatistics:
     every ``noise_window · noise_stride``, counted from the epoch start (so a resume inside an
     epoch samples the same windows), and skips a window that would span more samples than the
     data set. The counters and sums of the epoch in progress are checkpointed
-    (:func:`kramers_callback._callback_state.epoch_state`).
+    (:meth:`epoch_state`).
 
     Args:
         noise_window: consecutive optimizer steps per window of the running estimator.
@@ -63,7 +63,6 @@ class StepStatistics:
         self.step_samples = 0
         """Samples since the last optimizer step: the batch of the next one."""
         self.batch_samples = 0
-        self.loss_sum: Tensor | None = None
         self.running: RunningNoiseEstimator | None = None
         self.blocks = LossBlocks()
         self.skipped = False
@@ -95,10 +94,37 @@ class StepStatistics:
         self.running = RunningNoiseEstimator(
             window=self.noise_window, dataset_size=dataset_size
         ).to(device)
-        self.loss_sum = torch.zeros((), dtype=torch.float32, device=device)
         # A resume inside an epoch gets no on_train_epoch_start: set the blocks up here too.
         self.blocks.start_epoch(num_batches, device)
-        restore_epoch_state(self)
+        self._restore_epoch()
+
+    def epoch_state(self) -> dict[str, Any] | None:
+        """The state of the epoch in progress, which ``on_train_epoch_start`` sets up and which
+        Lightning does not set up again when it resumes from a checkpoint written inside an
+        epoch (mid-epoch, or at its end before ``on_train_epoch_end``: a ModelCheckpoint
+        saving after validation). Plain Python numbers only; before :meth:`start_fit`, a
+        restored state passes through (a re-saved checkpoint keeps it)."""
+        if self.running is None:
+            return self.restored
+        return {
+            "samples_per_epoch": self.samples_per_epoch,
+            "epoch_steps": self.epoch_steps,
+            "step_samples": self.step_samples,
+            "running": running_to_state(self.running),
+            "loss_blocks": self.blocks.state_dict(),
+        }
+
+    def _restore_epoch(self) -> None:
+        """Put back :attr:`restored` (once; ``on_train_epoch_start`` overwrites it when
+        Lightning starts a new epoch rather than finishing the checkpoint's)."""
+        state, self.restored = self.restored, None
+        if not state or self.running is None:
+            return
+        self.samples_per_epoch = int(state.get("samples_per_epoch", self.samples_per_epoch))
+        self.epoch_steps = int(state.get("epoch_steps", 0))
+        self.step_samples = int(state.get("step_samples", 0))
+        load_running(self.running, state.get("running") or {})
+        self.blocks.load_state_dict(state.get("loss_blocks"))
 
     def start_epoch(self, num_batches: float, layout: BatchLayout, device: torch.device) -> None:
         per_epoch = self.dataset_size or 0
@@ -119,10 +145,9 @@ class StepStatistics:
     def add_loss(self, outputs: Any, batch_idx: int) -> None:
         """Add the loss that ``training_step`` returned (a tensor, or a dict with ``"loss"``)."""
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, Tensor) and self.loss_sum is not None:
-            # A NaN or inf anywhere makes the sum non-finite: one addition per step, read once
-            # per epoch (no host-device synchronisation per step).
-            self.loss_sum.add_(loss.detach())
+        if isinstance(loss, Tensor):
+            # A NaN or inf anywhere makes its block's sum non-finite: one addition per step,
+            # read once per epoch (no host-device synchronisation per step).
             self.blocks.add(
                 loss,
                 batch_idx=batch_idx,
@@ -153,15 +178,10 @@ class StepStatistics:
             scale = None if p is None else p.sqrt()
         running.update(optim_io.flat_gradient(self.params, scale), samples)
 
-    def read_epoch(
-        self,
-        *,
-        any_rank: Callable[[bool], bool],
-        mean: Callable[[Tensor], Tensor],
-    ) -> EpochStatistics:
-        """The epoch's statistics, and a fresh start for the running estimate and the loss sum.
-        ``any_rank`` is true where any rank's flag is, ``mean`` averages a tensor over the
-        ranks: one synchronisation each."""
+    def read_epoch(self, *, mean: Callable[[Tensor], Tensor]) -> EpochStatistics:
+        """The epoch's statistics, and a fresh start for the running estimate. ``mean``
+        averages a tensor over the ranks: one synchronisation, whose non-finite result on any
+        rank's loss is every rank's."""
         assert self.running is not None
         running = RunningNoise()
         if self.running.update_called:
@@ -171,9 +191,7 @@ class StepStatistics:
                 noise_scale=float(values["noise_scale"]),
             )
         self.running.reset()
-        loss_bad = self.loss_sum is not None and not bool(torch.isfinite(self.loss_sum))
-        if self.loss_sum is not None:
-            self.loss_sum = torch.zeros_like(self.loss_sum)
-        loss_bad = any_rank(loss_bad)
-        blocks = self.blocks.read(mean)
-        return EpochStatistics(running, loss_finite=not loss_bad, loss_blocks=tuple(blocks))
+        blocks = tuple(self.blocks.read(mean))
+        return EpochStatistics(
+            running, loss_finite=all_finite(*(b.mean for b in blocks)), loss_blocks=blocks
+        )

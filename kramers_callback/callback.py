@@ -331,11 +331,9 @@ class KramersCallback(Callback):
         # A descending walker has no barrier question: scan once the phase asks.
         scan = bool(self.history) and self.history[-1].get("phase", "descending") != "descending"
         fresh = self._estimates.at_epoch_end(trainer, pl_module, knobs=knobs, scan=scan)
-        strategy = trainer.strategy
         statistics = self._steps.read_epoch(
-            any_rank=lambda flag: strategy.reduce_boolean_decision(flag, all=False),
-            # Every rank's block means, averaged: one synchronisation per epoch.
-            mean=lambda sums: strategy.reduce(sums, reduce_op="mean"),
+            # Every rank's block sums, averaged: one synchronisation per epoch.
+            mean=lambda sums: trainer.strategy.reduce(sums, reduce_op="mean"),
         )
         self._decision.add_epoch(fresh, statistics)
         self._decide(trainer, pl_module, optimizer, knobs, fresh, statistics)

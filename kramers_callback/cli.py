@@ -69,9 +69,7 @@ def report_main(argv: Sequence[str] | None = None) -> int:
         help="directory searched for the latest metrics.csv or TensorBoard event file "
         "(or that file itself)",
     )
-    parser.add_argument(
-        "-o", "--output", default=None, help="PNG path (default: beside the log)"
-    )
+    parser.add_argument("-o", "--output", default=None, help="PNG path (default: beside the log)")
     parser.add_argument("--title", default=None, help="figure title (default: the run's directory)")
     parser.add_argument("--stop-reason", default=None, help="text for the stop marker")
     options = parser.parse_args(argv)

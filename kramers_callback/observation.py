@@ -156,7 +156,10 @@ class EstimateSummary:
         for f in fields(self):
             value = getattr(self, f.name)
             state[f.name] = (
-                list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict)
+                list(value)
+                if isinstance(value, tuple)
+                else dict(value)
+                if isinstance(value, dict)
                 else value
             )
         return state

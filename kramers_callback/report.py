@@ -214,8 +214,9 @@ def read_tensorboard(path: str | Path) -> RunMetrics:
     for tag in tags:
         for event in accumulator.Scalars(tag):
             by_step.setdefault(int(event.step), {})[tag] = float(event.value)
-    rows = [(float(step), values.pop("epoch", None), values) for step, values in
-            sorted(by_step.items())]
+    rows = [
+        (float(step), values.pop("epoch", None), values) for step, values in sorted(by_step.items())
+    ]
     return tabulate(rows, config=_read_config(directory), directory=directory)
 
 
@@ -291,8 +292,15 @@ def _line(ax: Any, run: RunMetrics, name: str, label: str, log: bool = False, **
         from matplotlib.transforms import blended_transform_factory
 
         bottom = blended_transform_factory(ax.transData, ax.transAxes)
-        ax.plot(steps[zeros], np.full(int(zeros.sum()), 0.03), transform=bottom, marker="v",
-                linestyle="none", color=style.get("color"), label=f"{label} = 0")
+        ax.plot(
+            steps[zeros],
+            np.full(int(zeros.sum()), 0.03),
+            transform=bottom,
+            marker="v",
+            linestyle="none",
+            color=style.get("color"),
+            label=f"{label} = 0",
+        )
     return bool(keep.any() or zeros.any())
 
 
@@ -303,8 +311,17 @@ def _all_zero(run: RunMetrics, name: str) -> bool:
 
 
 def _note(ax: Any, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.35",
-            fontsize=9, wrap=True)
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        color="0.35",
+        fontsize=9,
+        wrap=True,
+    )
 
 
 def _undefined(run: RunMetrics, name: str) -> bool:
@@ -315,15 +332,39 @@ def _undefined(run: RunMetrics, name: str) -> bool:
 
 def _panel_temperature(ax: Any, run: RunMetrics) -> bool:
     drawn = _line(ax, run, PREFIX + "temperature", "measured T", log=True, color="C0")
-    drawn |= _line(ax, run, PREFIX + "temperature_target", "target T*(t)", log=True, color="C1",
-                   linestyle="--")
-    drawn |= _line(ax, run, PREFIX + "critical_temperature", "critical T_c", log=True,
-                   color="C7", linestyle=":")
-    drawn |= _line(ax, run, PREFIX + "temperature_min", "coldest allowed T_min", log=True,
-                   color="C2", linestyle="-.", marker=None)
+    drawn |= _line(
+        ax, run, PREFIX + "temperature_target", "target T*(t)", log=True, color="C1", linestyle="--"
+    )
+    drawn |= _line(
+        ax,
+        run,
+        PREFIX + "critical_temperature",
+        "critical T_c",
+        log=True,
+        color="C7",
+        linestyle=":",
+    )
+    drawn |= _line(
+        ax,
+        run,
+        PREFIX + "temperature_min",
+        "coldest allowed T_min",
+        log=True,
+        color="C2",
+        linestyle="-.",
+        marker=None,
+    )
     if drawn and _undefined(run, PREFIX + "temperature_target"):
-        ax.text(0.98, 0.96, "target undefined at every estimate:\nno barrier within reach",
-                transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.35")
+        ax.text(
+            0.98,
+            0.96,
+            "target undefined at every estimate:\nno barrier within reach",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+            color="0.35",
+        )
     ax.set_yscale("log")
     ax.set_title("Temperature vs target")
     ax.set_ylabel("temperature (loss units)")
@@ -410,15 +451,22 @@ def _panel_quality(ax: Any, run: RunMetrics) -> bool:
         ax.set_title("Validation")
         return drawn
     if len(run.get("escapes")[0]):  # the double well counts its escapes
-        drawn = _line(ax, run, "escapes", "escapes counted", color="C5", drawstyle="steps-post",
-                      marker=None)
+        drawn = _line(
+            ax, run, "escapes", "escapes counted", color="C5", drawstyle="steps-post", marker=None
+        )
         ax.set_title("Escapes counted (double well)")
         ax.set_ylabel("transitions between wells")
         return drawn
     drawn = _line(ax, run, "train_loss", "train_loss", color="C0")
     # The same loss units: the share of the training loss that cooling can remove.
-    drawn |= _line(ax, run, PREFIX + "noise_floor", "noise floor (removable by cooling)",
-                   color="C8", linestyle="--")
+    drawn |= _line(
+        ax,
+        run,
+        PREFIX + "noise_floor",
+        "noise floor (removable by cooling)",
+        color="C8",
+        linestyle="--",
+    )
     ax.set_title("Training loss")
     ax.set_ylabel("loss")
     return drawn
@@ -452,6 +500,7 @@ def _add_epoch_axis(axes: Sequence[Any], run: RunMetrics) -> None:
     epochs = np.array([0.0] + [float(epoch + 1) for epoch, _ in ends])
     if len(steps) < 3 or np.any(np.diff(steps) <= 0):
         return
+
     def to_epoch(step: np.ndarray) -> np.ndarray:
         return np.interp(step, steps, epochs)
 
@@ -507,8 +556,16 @@ def _mark_phases_and_cooling(ax: Any, run: RunMetrics, legend: bool) -> None:
     cooling = cooling_steps(run)
     if cooling:
         # vlines, not axvline: a LineCollection, kept apart from the metric lines.
-        ax.vlines(cooling, 0, 1, transform=ax.get_xaxis_transform(), colors="0.45",
-                  linestyles=":", linewidth=1.0, label="cooling step" if legend else None)
+        ax.vlines(
+            cooling,
+            0,
+            1,
+            transform=ax.get_xaxis_transform(),
+            colors="0.45",
+            linestyles=":",
+            linewidth=1.0,
+            label="cooling step" if legend else None,
+        )
 
 
 def build_figure(
@@ -532,8 +589,13 @@ def build_figure(
         if not panel(ax, run):
             _note(ax, "not logged")
         _mark_phases_and_cooling(ax, run, legend=index == 0)
-        ax.axvline(run.last_step, color="C3", linestyle="--", linewidth=1.2,
-                   label="stop" if index == 0 else None)
+        ax.axvline(
+            run.last_step,
+            color="C3",
+            linestyle="--",
+            linewidth=1.2,
+            label="stop" if index == 0 else None,
+        )
         ax.grid(True, which="major", alpha=0.3)
         if not ax.get_legend() and ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8)

@@ -36,6 +36,17 @@ WELL = dict(
 )
 """Estimate settings for the double-well callback tests: every epoch, exact, and quick."""
 
+FAST = dict(
+    overhead_budget=math.inf,
+    probe_size=32,
+    probe_batch_size=32,
+    top_k=1,
+    compute_trace=False,
+    max_products=60,
+    max_scan_evals=30,
+)
+"""Estimate settings for a small network's callback tests: a small estimate every epoch."""
+
 
 def blobs(num_samples: int = 192, dim: int = 6, classes: int = 3, seed: int = 0) -> TensorDataset:
     """Gaussian blobs: a separable but noisy classification task."""
@@ -204,8 +215,12 @@ class DumpHistory(pl.Callback):
             "history": kramers.history,
             "estimate": None
             if est is None
-            else {"temperature": est.temperature, "lambda_max": est.lambda_max,
-                  "escape_rate": est.escape_rate, "eigenvalues": est.eigenvalues},
+            else {
+                "temperature": est.temperature,
+                "lambda_max": est.lambda_max,
+                "escape_rate": est.escape_rate,
+                "eigenvalues": est.eigenvalues,
+            },
             "lr": [g["lr"] for g in trainer.optimizers[0].param_groups],
             "params": flat_parameters(pl_module).tolist(),
         }

@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from lightning_helpers import (
+    FAST,
     BlobsData,
     DoubleWellDataModule,
     DoubleWellModule,
@@ -24,15 +25,6 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from kramers_callback.callback import METRICS, KramersCallback
 
-FAST = dict(
-    overhead_budget=math.inf,
-    probe_size=32,
-    probe_batch_size=32,
-    top_k=1,
-    compute_trace=False,
-    max_products=60,
-    max_scan_evals=30,
-)
 WELL = dict(FAST, probe_size=256, probe_batch_size=256)
 """The double well's probe must be large: a small probe's mean tilt ``ā`` can erase the barrier."""
 
@@ -291,8 +283,9 @@ def test_a_module_with_only_training_step_runs_and_logs_temperature_and_curvatur
 
 
 def test_unmeasured_pathways_are_counted_not_read_as_zero_rates():
-    cb = KramersCallback("observe", overhead_budget=math.inf, probe_size=64, top_k=1,
-                         max_scan_evals=10)
+    cb = KramersCallback(
+        "observe", overhead_budget=math.inf, probe_size=64, top_k=1, max_scan_evals=10
+    )
     pl.seed_everything(0)
     trainer(callbacks=[cb], max_epochs=2).fit(TinyClassifier(), datamodule=BlobsData())
     est = cb.last_estimate

@@ -290,7 +290,7 @@ def test_stop_rule_stops_once_with_its_reason(caplog):
     assert cb.state_dict()["termination"]["reason"] == "coldest_setting"
 
 
-def test_a_loss_below_zero_under_a_compute_cost_warns_once_and_names_the_rule():
+def test_a_loss_below_zero_under_a_compute_cost_warns_once_and_names_the_rule(tmp_path):
     # The double well's loss x⁴ − 3x² + y² is negative near its minima (−2.25 at the bottom):
     # the worth rule's "share of the loss" is undefined there, and the user is told once.
     cb = KramersCallback("observe", compute_cost=1e-6, patience=2, **WELL)
@@ -301,6 +301,21 @@ def test_a_loss_below_zero_under_a_compute_cost_warns_once_and_names_the_rule():
     assert len(said) == 1, said
     assert "compute_cost=1e-06" in said[0] and "coldest setting" in said[0]
     assert float(re.search(r"window is (\S+),", said[0]).group(1)) < 0
+    # Once said, a resume from a checkpoint of that run does not say it again.
+    first = KramersCallback("observe", compute_cost=1e-6, patience=10, **WELL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t, _, _ = fit_well(first, epochs=3)
+    assert [w for w in caught if "bounded below by 0" in str(w.message)]
+    path = tmp_path / "warned.ckpt"
+    t.save_checkpoint(path)
+    resumed = KramersCallback("observe", compute_cost=1e-6, patience=10, **WELL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module, data = DoubleWellModule(lr=LR), DoubleWellDataModule(num_samples=SAMPLES)
+        trainer(callbacks=[resumed], max_epochs=5).fit(module, datamodule=data, ckpt_path=path)
+    assert len(resumed.history) == 5  # three restored, two new
+    assert not [w for w in caught if "bounded below by 0" in str(w.message)]
     # Without a compute cost the rule weighs nothing, and there is nothing to warn about.
     free = KramersCallback("observe", patience=2, **WELL)
     with warnings.catch_warnings(record=True) as caught:

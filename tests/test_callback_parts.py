@@ -11,8 +11,9 @@ from kramers_callback._batch_size import BatchLayout, BatchMechanism
 
 
 def test_loader_layout_moves_the_loader_batch():
-    layout = BatchLayout(BatchMechanism.LOADER, loader_batch=32, accumulation=2, world_size=4,
-                         multiple=8)
+    layout = BatchLayout(
+        BatchMechanism.LOADER, loader_batch=32, accumulation=2, world_size=4, multiple=8
+    )
     assert layout.samples_per_step == 256 and layout.unit == 64
     grown = layout.with_samples(384)
     assert (grown.loader_batch, grown.accumulation, grown.samples_per_step) == (48, 2, 384)
@@ -21,8 +22,7 @@ def test_loader_layout_moves_the_loader_batch():
 
 
 def test_accumulation_layout_moves_the_accumulation_factor():
-    layout = BatchLayout(BatchMechanism.ACCUMULATION, loader_batch=16, accumulation=1,
-                         world_size=2)
+    layout = BatchLayout(BatchMechanism.ACCUMULATION, loader_batch=16, accumulation=1, world_size=2)
     assert layout.unit == 32
     grown = layout.with_samples(96)
     assert (grown.loader_batch, grown.accumulation, grown.samples_per_step) == (16, 3, 96)

@@ -108,8 +108,9 @@ def test_a_second_fit_starts_afresh_and_a_resume_continues(tmp_path):
     assert decisions(cb) == first and [h["epoch"] for h in cb.history] == [0, 1]
     assert cb.budget.num_estimates == 2
     pl.seed_everything(0)
-    trainer(callbacks=[cb], max_epochs=3).fit(TinyClassifier(), datamodule=BlobsData(),
-                                             ckpt_path=path)
+    trainer(callbacks=[cb], max_epochs=3).fit(
+        TinyClassifier(), datamodule=BlobsData(), ckpt_path=path
+    )
     assert [h["epoch"] for h in cb.history] == [0, 1, 2]  # a resume continues the checkpoint
     assert decisions(cb)[:2] == first
 
@@ -165,12 +166,22 @@ def test_a_checkpoint_under_the_old_argument_key_still_loads(tmp_path):
 @pytest.mark.parametrize(
     ("stored", "changed", "message"),
     [
-        ({}, {"probe_size": 32}, "cannot resume with probe_size=32: the checkpoint was written "
-         "with probe_size=64, and the stored probe set has that many samples"),
-        ({}, {"monitor": "val_loss"}, "cannot resume with monitor='val_loss': the checkpoint was "
-         "written with monitor=None"),
-        ({"monitor": "val_loss"}, {"monitor": "val_loss", "mode": "max"},
-         "cannot resume with mode='max': the checkpoint was written with mode='min'"),
+        (
+            {},
+            {"probe_size": 32},
+            "cannot resume with probe_size=32: the checkpoint was written "
+            "with probe_size=64, and the stored probe set has that many samples",
+        ),
+        (
+            {},
+            {"monitor": "val_loss"},
+            "cannot resume with monitor='val_loss': the checkpoint was written with monitor=None",
+        ),
+        (
+            {"monitor": "val_loss"},
+            {"monitor": "val_loss", "mode": "max"},
+            "cannot resume with mode='max': the checkpoint was written with mode='min'",
+        ),
     ],
 )
 def test_a_resume_refuses_changes_the_state_depends_on(tmp_path, stored, changed, message):
@@ -184,7 +195,7 @@ def test_a_resume_refuses_changes_the_state_depends_on(tmp_path, stored, changed
 )
 def test_a_resume_applies_other_changed_arguments_from_then_on(tmp_path, caplog, changed):
     first, path = checkpoint_after_two_epochs(tmp_path)
-    (name, value), = changed.items()
+    ((name, value),) = changed.items()
     with caplog.at_level("INFO"):
         resumed = resume(path, **changed, verbose=True)
     stored = first.state_dict()["arguments"][name]

@@ -30,7 +30,6 @@ from kramers_callback._batch_size import (
     max_loader_batch,
     num_loader_batches,
 )
-from kramers_callback._callback_state import restore_epoch_state
 from kramers_callback._step_statistics import StepStatistics
 from kramers_callback.callback import KramersCallback
 from kramers_callback.examples._sampler import EpochSeededSampler
@@ -101,7 +100,7 @@ def test_epoch_state_round_trips_through_a_weights_only_load(tmp_path):
     # Fake an epoch in progress: 25 steps, a partial running estimate, a NaN loss.
     steps = cb._steps
     steps.epoch_steps, steps.step_samples = 25, 16
-    steps.loss_sum.fill_(math.nan)
+    steps.blocks.add(torch.tensor(math.nan), batch_idx=0, samples=16, position=16)
     steps.running.update(torch.ones(2), 16)
     steps.running.update(torch.zeros(2), 16)
     state = cb.state_dict()
@@ -114,15 +113,20 @@ def test_epoch_state_round_trips_through_a_weights_only_load(tmp_path):
     # Before fit, a restored state passes through unchanged (a re-saved checkpoint keeps it).
     assert repr(restored.state_dict()["epoch"]) == repr(state["epoch"])
     back = restored._steps
-    back.running = type(steps.running)(window=cb.noise_window, dataset_size=SAMPLES)
-    back.loss_sum = torch.zeros(())
-    restore_epoch_state(back)
+    back.start_fit(
+        dataset_size=SAMPLES,
+        world_size=1,
+        params=[],
+        adaptive=False,
+        num_batches=t.num_training_batches,
+        device=torch.device("cpu"),
+    )
     assert (back.epoch_steps, back.step_samples) == (25, 16)
-    assert math.isnan(float(back.loss_sum))
     restored_noise = {k: float(v) for k, v in back.running.compute().items()}
     assert restored_noise == {k: float(v) for k, v in steps.running.compute().items()}
     assert restored_noise["noise_trace"] > 0  # a pair was in: the test restores something
     assert back.restored is None  # applied once
+    assert not back.read_epoch(mean=lambda sums: sums).loss_finite  # the NaN came back
 
 
 # -- 2. GradientAccumulationScheduler ---------------------------------------------------------
@@ -325,7 +329,7 @@ def _noise_after_steps(first_step: int, last_step: int) -> tuple[float, float]:
         num_batches=128,
         device=torch.device("cpu"),
     )
-    stats.epoch_steps = first_step  # what restore_epoch_state puts back
+    stats.epoch_steps = first_step  # what a restored epoch state puts back
     optimizer = torch.optim.SGD([param], lr=0.1)
     for step in range(first_step, last_step + 1):
         param.grad = torch.full((3,), float(step))

@@ -44,8 +44,6 @@ def _plain_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["kramers-train"])
 
 
-
-
 def _kramers_callbacks(trainer) -> list[KramersCallback]:
     return [c for c in trainer.callbacks if isinstance(c, KramersCallback)]
 

@@ -208,20 +208,25 @@ def test_phase_and_cooling_value():
     assert classify_phase(trapped=False, thermalized=False) is Phase.DESCENDING
     assert [p.value for p in Phase] == [0, 1, 2]
     # F = 0.2 at T = 1; cooling to T_min = 0.5 removes 0.1, a fifth of L = 0.5.
-    value = cooling_value(floor=0.2, temperature=1.0, coldest_temperature=0.5, loss=0.5,
-                          compute_cost=5.0)
+    value = cooling_value(
+        floor=0.2, temperature=1.0, coldest_temperature=0.5, loss=0.5, compute_cost=5.0
+    )
     assert value.removable == pytest.approx(0.1) and value.relative == pytest.approx(0.2)
     assert value.worth_it  # c · 0.2 = 1
-    assert not cooling_value(floor=0.2, temperature=1.0, coldest_temperature=0.5, loss=0.5,
-                             compute_cost=4.0).worth_it
-    free = cooling_value(floor=1e-9, temperature=1.0, coldest_temperature=0.5, loss=1.0,
-                         compute_cost=0.0)
+    assert not cooling_value(
+        floor=0.2, temperature=1.0, coldest_temperature=0.5, loss=0.5, compute_cost=4.0
+    ).worth_it
+    free = cooling_value(
+        floor=1e-9, temperature=1.0, coldest_temperature=0.5, loss=1.0, compute_cost=0.0
+    )
     assert free.worth_it  # c = 0: compute is free, cool down to the coldest setting
-    coldest = cooling_value(floor=0.2, temperature=0.5, coldest_temperature=0.5, loss=0.5,
-                            compute_cost=0.0)
+    coldest = cooling_value(
+        floor=0.2, temperature=0.5, coldest_temperature=0.5, loss=0.5, compute_cost=0.0
+    )
     assert coldest.at_coldest and not coldest.worth_it
-    assert not cooling_value(floor=math.nan, temperature=1.0, coldest_temperature=0.5,
-                             loss=1.0, compute_cost=1.0).worth_it
+    assert not cooling_value(
+        floor=math.nan, temperature=1.0, coldest_temperature=0.5, loss=1.0, compute_cost=1.0
+    ).worth_it
 
 
 def test_a_window_inside_the_burn_in_is_not_tested_and_one_after_it_is():

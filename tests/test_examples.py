@@ -315,8 +315,9 @@ def test_double_well_datamodule():
     dm = DoubleWellDataModule(num_samples=500, batch_size=8, covariance=[[9.0, 1.0], [1.0, 4.0]])
     a = dm.samples.double()
     assert a.shape == (500, 2)
-    torch.testing.assert_close(a.T @ a / 500, torch.tensor([[9.0, 1.0], [1.0, 4.0]]).double(),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        a.T @ a / 500, torch.tensor([[9.0, 1.0], [1.0, 4.0]]).double(), rtol=1e-5, atol=1e-5
+    )
     assert next(iter(dm.train_dataloader()))[0].shape == (8, 2)
     dm.batch_size = 32
     assert next(iter(dm.train_dataloader()))[0].shape == (32, 2)

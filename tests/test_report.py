@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lightning_helpers import BlobsData, TinyClassifier, trainer
+from lightning_helpers import FAST, BlobsData, TinyClassifier, trainer
 from matplotlib.collections import LineCollection
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
@@ -384,10 +384,7 @@ def test_log_report_figure_reaches_image_loggers_and_skips_the_others(tmp_path, 
 @pytest.mark.slow
 def test_report_image_appears_in_tensorboard_after_a_run(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    cb = KramersCallback(
-        "observe", overhead_budget=math.inf, probe_size=32, probe_batch_size=32, top_k=1,
-        compute_trace=False, max_products=40, max_scan_evals=20,
-    )
+    cb = KramersCallback("observe", **FAST)
     fit = trainer(max_epochs=2, logger=logger, callbacks=[cb], log_every_n_steps=4)
     fit.fit(TinyClassifier(), BlobsData())
     assert len(cb.history) == 2
@@ -410,10 +407,7 @@ def test_report_image_appears_in_tensorboard_after_a_run(tmp_path):
 
 def test_report_at_each_estimate_reaches_tensorboard(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    cb = KramersCallback(
-        "observe", overhead_budget=math.inf, probe_size=32, probe_batch_size=32, top_k=1,
-        compute_trace=False, max_products=40, max_scan_evals=20, report_at_estimates=True,
-    )
+    cb = KramersCallback("observe", report_at_estimates=True, **FAST)
     fit = trainer(max_epochs=2, logger=logger, callbacks=[cb], log_every_n_steps=4)
     fit.fit(TinyClassifier(), BlobsData())
     logger.experiment.flush()

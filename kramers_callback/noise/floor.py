@@ -81,4 +81,3 @@ def cooling_factor(*, max_change: float) -> float:
         "max_change", max_change, 1.0, math.inf, low_open=True, high_open=True
     )
     return max(COOLING_FACTOR, 1.0 / max_change)
-
