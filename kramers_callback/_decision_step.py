@@ -134,6 +134,7 @@ class DecisionStep:
             loss_finite=statistics.loss_finite,
             monitor=monitor,
             loss_blocks=tuple(self.dwell.blocks),
+            epoch_blocks=min(len(statistics.loss_blocks), len(self.dwell.blocks)),
             first_dwell=self.first_dwell,
             burn_in_samples=self.first_epoch_samples,
         )

@@ -325,6 +325,9 @@ class Observation:
     loss_blocks: tuple[LossBlock, ...] = ()
     """The training-loss blocks since the temperature last changed (the dwell), for the
     equilibrium signal."""
+    epoch_blocks: int = 0
+    """How many of :attr:`loss_blocks` this epoch added: without them, the dwell is what the
+    previous epoch end tested."""
     first_dwell: bool = True
     """Whether the dwell is the first, from the initialisation (no change of ``η`` or ``B``
     yet)."""
@@ -415,6 +418,7 @@ def observe(
     loss_finite: bool = True,
     monitor: float | None = None,
     loss_blocks: tuple[LossBlock, ...] = (),
+    epoch_blocks: int = 0,
     first_dwell: bool = True,
     burn_in_samples: float = 0.0,
 ) -> Observation:
@@ -463,6 +467,7 @@ def observe(
         loss_finite=loss_finite,
         monitor=monitor,
         loss_blocks=loss_blocks,
+        epoch_blocks=epoch_blocks,
         first_dwell=first_dwell,
         burn_in_samples=burn_in_samples,
         running_noise_trace=running_noise,

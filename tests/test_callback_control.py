@@ -420,3 +420,54 @@ def test_an_unconverged_trace_is_flagged_apart_and_does_not_block_decisions():
     assert first["metrics"]["kramers/trace_converged"] == 0.0
     assert first["metrics"]["kramers/converged"] == 1.0
     assert math.isfinite(first["metrics"]["kramers/hessian_trace"])
+
+
+class _OffsetRegression(pl.LightningModule):
+    """Linear regression with label noise (σ = 1, 200 inputs), plus a constant in the loss."""
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = offset
+        self.w = torch.nn.Parameter(torch.zeros(200))
+
+    def per_sample_loss(self, batch):
+        x, y = batch
+        return 0.5 * (y - x @ self.w) ** 2 + self.offset
+
+    def training_step(self, batch, batch_idx):
+        return self.per_sample_loss(batch).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class _RegressionData(pl.LightningDataModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_size = 8
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(4096, 200, generator=g)
+        y = x @ (0.1 * torch.randn(200, generator=g)) + torch.randn(4096, generator=g)
+        self.train_set = torch.utils.data.TensorDataset(x, y)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.train_set, batch_size=self.batch_size)
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0])
+def test_a_constant_in_the_loss_does_not_keep_a_stationary_walker_from_cooling(offset):
+    # Label noise keeps the loss above the floor the noise predicts (L₀ = σ²/2), and a
+    # constant moves L₀ further: nothing physical changes, and the walker is stationary from
+    # the first epoch after burn-in. At offset 0 the floor is over half the loss, which vouches
+    # for the basin; at offset 3 it is not, and the flat windows must show it twice.
+    cb = KramersCallback("lr", **dict(WELL, probe_size=64, top_k=1, max_scan_evals=10))
+    pl.seed_everything(0)
+    fit = trainer(callbacks=[cb], max_epochs=3)
+    fit.fit(_OffsetRegression(offset), datamodule=_RegressionData())
+    said = [h["equilibrium"] for h in cb.history]
+    first = next(i for i, h in enumerate(cb.history) if h["lr"] < 0.05)
+    if offset == 0:
+        assert first == 1 and said[1].startswith("thermalized: "), said
+    else:
+        assert first == 2, said
+        assert "flat on evidence once" in said[1] and "flat on evidence twice" in said[2]

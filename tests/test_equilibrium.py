@@ -164,10 +164,21 @@ def test_untestable_readings_are_not_thermalized():
     assert not equilibrium_test(flat, floor=math.nan).thermalized
     bad = [*flat[:-1], LossBlock(math.nan, 100.0, 10)]
     assert not equilibrium_test(bad, floor=2.0).thermalized
-    # The first-dwell rule: stationary, but a floor below half the loss is not a basin yet.
-    shy = equilibrium_test(flat, floor=0.4, min_floor_share=0.5)
-    assert shy.statistic <= 1 and not shy.thermalized and "from the start" in shy.reason
+    # The first-dwell rule: a floor of at least half the loss vouches for a basin at once.
     assert equilibrium_test(flat, floor=0.6, min_floor_share=0.5).thermalized
+    # Below it, one flat window is not a basin yet, even on evidence (trend noise 0.03 against
+    # a gain of 0.2): it may be a pause of the descent.
+    once = equilibrium_test(flat, floor=0.4, min_floor_share=0.5)
+    assert once.statistic <= 1 and once.resolved and not once.thermalized
+    assert "from the start" in once.reason and "flat on evidence once" in once.reason
+    # Flat on evidence at the previous test too: a network that cannot fit its data settles.
+    twice = equilibrium_test(flat, floor=0.4, min_floor_share=0.5, previous=once)
+    assert twice.thermalized and "flat on evidence twice" in twice.reason
+    # Within the noise (a gain of 0.02 below the trend noise) is no evidence, then or before.
+    vague = equilibrium_test(flat, floor=0.04, min_floor_share=0.5, previous=once)
+    assert vague.statistic <= 1 and not vague.resolved and not vague.thermalized
+    assert "flat within the noise" in vague.reason
+    assert not equilibrium_test(flat, floor=0.4, min_floor_share=0.5, previous=vague).thermalized
 
 
 def test_loss_blocks_sum_on_the_device_and_survive_a_checkpoint():
@@ -271,6 +282,58 @@ def test_the_floor_reads_the_running_noise_and_names_a_fallback():
     without = reading(math.nan)  # no window sampled this epoch: the last estimate's noise
     assert without.floor == pytest.approx(noise_floor(lr=0.05, noise_trace=90.0, batch_size=32))
     assert without.reason.endswith("; floor from noise_source=last_estimate")
+
+
+def test_the_first_dwell_settles_below_half_the_floor_only_when_flat_twice():
+    # η = 0.05, B = 32 and a running tr Σ₁ of 1024: F = 0.4 against a loss of 1, below half of
+    # it, G = 0.2 well above the trend noise of blocks alternating by ±0.01. Epoch 0 is the
+    # burn-in; the dwell's last ``epoch_blocks`` are the epoch's own.
+    def blocks(shapes):
+        return tuple(
+            LossBlock(
+                mean=shape(j) + 0.01 * (-1) ** j,
+                position=100.0 * (16 * e + j + 0.5),
+                samples=100,
+                noise_trace=1024.0,
+            )
+            for e, shape in enumerate(shapes)
+            for j in range(16)
+        )
+
+    def reading(shapes, epoch_blocks=16):
+        observation = observe(
+            epoch=len(shapes) - 1,
+            horizon=Horizon(samples_seen=1600 * len(shapes)),
+            knobs=Knobs(0.05, 32, momentum=0.0, damping=1.0),
+            fresh=None,
+            running=RunningNoise(noise_trace=1024.0),
+            last_good=None,
+            dataset_size=None,
+            dim=10,
+            loss_blocks=blocks(shapes),
+            epoch_blocks=epoch_blocks,
+            first_dwell=True,
+            burn_in_samples=1600.0,
+        )
+        return EquilibriumSignal().read(observation)
+
+    def start(j):
+        return 3.0 - 0.1 * j  # the descent from the initialisation
+
+    def flat(j):
+        return 1.0
+
+    def falling(j):
+        return 1.8 - 0.05 * j
+
+    assert reading([start, flat, flat]).thermalized  # epochs 1 and 2 flat: twice
+    assert reading([start, flat, flat]).floor < 0.5 * reading([start, flat, flat]).loss
+    # The same dwell without the epoch's own blocks marked: no previous test to agree.
+    alone = reading([start, flat, flat], epoch_blocks=0)
+    assert not alone.thermalized and "flat on evidence once" in alone.reason
+    # A plateau right after a descent (the previous test saw it fall) is not a basin yet.
+    paused = reading([start, falling, flat, flat])
+    assert paused.resolved and not paused.thermalized
 
 
 def test_the_floor_averages_the_running_noise_over_the_test_window():

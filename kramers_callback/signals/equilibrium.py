@@ -25,6 +25,13 @@ cooling would give. Discarding the first half of the dwell is the usual burn-in 
 output analysis (Geweke 1992): the relaxation right after a change of temperature is not the
 stationary state.
 
+In the first dwell, from the initialisation, a flat window may be a pause of the descent (an
+early plateau) rather than a basin. There the test also asks one of two things: that
+equipartition vouch for a basin whose bottom the network can fit, ``F ≥ L/2``; or, for a
+network that cannot fit its data (``L₀ ≫ F``), that the window be flat on evidence twice: the
+trend *resolved* at the scale of one cooling step, ``z·se(b̂)·W < G`` (so that ``E ≤ 1`` is
+not the mere absence of evidence of a descent), at this epoch end and at the previous one.
+
 Why this test (measured alternatives in docs/theory.md): it needs no weight decay (the
 fluctuation–dissipation relation of Yaida 2019 does), holds with momentum (Pflug's sign test
 does not), and its threshold is the physical quantity a cooling step buys: it does not fire on
@@ -62,8 +69,9 @@ __all__ = [
 NOISE_Z = 2.0
 """Standard errors of the trend within which a drop counts as noise (a two-sided 95% band)."""
 FIRST_DWELL_FLOOR_SHARE = 0.5
-"""In the first dwell, thermalized also needs the floor to be at least this share of the loss
-(:func:`equilibrium_test`, ``min_floor_share``)."""
+"""In the first dwell, thermalized also needs the floor to be at least this share of the loss,
+or a window flat on evidence at two epoch ends (:func:`equilibrium_test`,
+``min_floor_share``)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,9 @@ class EquilibriumReading:
     num_blocks: int
     reason: str
     """Why it is (not) thermalized, for the history."""
+    resolved: bool = False
+    """``E ≤ 1`` on evidence: the trend's noise ``z·se(b̂)·W`` is below the gain ``G``, so the
+    test could tell a cooling step's worth of descent from none."""
 
 
 def loss_trend(blocks: Sequence[LossBlock]) -> tuple[float, float]:
@@ -150,6 +161,7 @@ def equilibrium_test(
     min_floor_share: float = 0.0,
     burn_in: float = 0.0,
     min_blocks: int = 8,
+    previous: EquilibriumReading | None = None,
 ) -> EquilibriumReading:
     r"""Test the blocks since the last change of temperature (module docstring).
 
@@ -159,14 +171,18 @@ def equilibrium_test(
             (:func:`~kramers_callback.noise.floor.noise_floor`); ``nan``: untestable.
         factor: the cooling factor ``r``; the gain is ``G = (1 − r)F``.
         min_floor_share: thermalized also needs ``F ≥ min_floor_share · L``, with ``L`` the
-            window's mean loss. The callback asks ``1/2`` in the first dwell, from the
+            window's mean loss, or a window :attr:`~EquilibriumReading.resolved` here and in
+            ``previous``. The callback asks ``1/2`` in the first dwell, from the
             initialisation: a walker still descending from there is not relaxing in a basin,
             and in a basin whose bottom the network can fit (``L₀ ≈ 0``) equipartition makes
-            the floor the whole excess loss (docs/theory.md, "The equilibrium regime").
+            the floor the whole excess loss (docs/theory.md, "The equilibrium regime"); a
+            network that cannot fit its data shows its stationarity on evidence, twice.
         burn_in: samples seen that belong to the initial transient: the test waits until its
             window starts after them. The callback passes the first epoch's samples in the
             first dwell, from the initialisation (docs/theory.md, "The first dwell").
         min_blocks: the smallest window; the test waits until the dwell holds this many.
+        previous: the test of the dwell as the previous decision saw it (without this epoch's
+            blocks), for ``min_floor_share``; ``None``: no previous test.
 
     Returns:
         An :class:`EquilibriumReading`; not thermalized whenever anything is undefined or
@@ -185,6 +201,7 @@ def equilibrium_test(
         span: float,
         reason: str,
         thermalized: bool = False,
+        resolved: bool = False,
     ):
         return EquilibriumReading(
             statistic=statistic,
@@ -197,6 +214,7 @@ def equilibrium_test(
             gain=gain,
             num_blocks=len(window),
             reason=reason,
+            resolved=resolved,
         )
 
     if not window:
@@ -217,14 +235,20 @@ def equilibrium_test(
     drop = max(0.0, -slope) * span
     noise = NOISE_Z * error * span
     statistic = drop / max(gain, noise)
-    in_basin = floor >= min_floor_share * loss
-    thermalized = statistic <= 1.0 and in_basin
+    resolved = statistic <= 1.0 and noise < gain
+    vouched = floor >= min_floor_share * loss
+    twice = resolved and previous is not None and previous.resolved
+    thermalized = statistic <= 1.0 and (vouched or twice)
     if thermalized:
-        verdict = "thermalized"
+        verdict = "thermalized" if vouched else "thermalized (flat on evidence twice)"
     elif statistic > 1.0:
         verdict = "descending"
     else:
-        verdict = f"descending from the start (floor below {min_floor_share:g} of the loss)"
+        # An early plateau, or a network that cannot fit its data: wait for the evidence.
+        verdict = (
+            f"descending from the start (floor below {min_floor_share:g} of the loss, "
+            f"{'flat on evidence once' if resolved else 'flat within the noise'})"
+        )
     return reading(
         statistic,
         slope,
@@ -233,6 +257,7 @@ def equilibrium_test(
         f"{verdict}: trend drop {drop:.3g} per window vs cooling gain {gain:.3g} and "
         f"trend noise {noise:.3g}",
         thermalized,
+        resolved,
     )
 
 
@@ -243,9 +268,10 @@ class EquilibriumSignal:
     test's window, as the trend averages the losses (:func:`window_noise_trace`; the epoch's
     running noise, then the observation's, where the window's blocks carry none), and the knobs
     (:func:`~kramers_callback.noise.floor.noise_floor`); the first dwell, from the
-    initialisation, asks :data:`FIRST_DWELL_FLOOR_SHARE` and a window after the first epoch
-    (the initial transient). Cost: that of
-    :func:`equilibrium_test`.
+    initialisation, asks a window after the first epoch (the initial transient) and
+    :data:`FIRST_DWELL_FLOOR_SHARE`, or else a window flat on evidence here and at the previous
+    epoch end (the dwell without the observation's ``epoch_blocks``, tested again). Cost: that
+    of :func:`equilibrium_test`, twice where the previous test is asked.
 
     Args:
         factor: the cooling factor ``r`` (``G = (1 − r)F``).
@@ -257,11 +283,32 @@ class EquilibriumSignal:
         self.min_blocks = min_blocks
 
     def read(self, observation: Observation) -> EquilibriumReading:
+        blocks, fresh = observation.loss_blocks, observation.epoch_blocks
+        reading, fallback = self._test(observation, blocks, None)
+        if observation.first_dwell and reading.resolved and not reading.thermalized:
+            if 0 < fresh < len(blocks):
+                # The previous decision's test, recomputed from the checkpointed dwell.
+                previous, _ = self._test(observation, blocks[:-fresh], None)
+                reading, fallback = self._test(observation, blocks, previous)
+        if fallback and math.isfinite(reading.floor):
+            # Say so: the floor then moves with when the estimates come.
+            reason = f"{reading.reason}; floor from noise_source={observation.noise_source}"
+            reading = replace(reading, reason=reason)
+        return reading
+
+    def _test(
+        self,
+        observation: Observation,
+        blocks: Sequence[LossBlock],
+        previous: EquilibriumReading | None,
+    ) -> tuple[EquilibriumReading, bool]:
+        """The test of ``blocks`` at their window's floor, and whether that floor fell back to
+        the observation's noise."""
         knobs = observation.knobs
         # The floor is a stationary average: the running noise averages along the trajectory,
         # where an estimate reads one point on a fixed probe; averaged over the window the
         # trend reads, as the loss is.
-        noise = window_noise_trace(trend_window(observation.loss_blocks, self.min_blocks))
+        noise = window_noise_trace(trend_window(blocks, self.min_blocks))
         if not math.isfinite(noise):
             noise = observation.running_noise_trace
         fallback = not math.isfinite(noise)
@@ -277,15 +324,12 @@ class EquilibriumSignal:
             )
         first = observation.first_dwell
         reading = equilibrium_test(
-            observation.loss_blocks,
+            blocks,
             floor=floor,
             factor=self.factor,
             min_floor_share=FIRST_DWELL_FLOOR_SHARE if first else 0.0,
             burn_in=observation.burn_in_samples if first else 0.0,
             min_blocks=self.min_blocks,
+            previous=previous,
         )
-        if fallback and math.isfinite(floor):
-            # Say so: the floor then moves with when the estimates come.
-            reason = f"{reading.reason}; floor from noise_source={observation.noise_source}"
-            reading = replace(reading, reason=reason)
-        return reading
+        return reading, fallback
