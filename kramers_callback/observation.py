@@ -327,7 +327,9 @@ class Observation:
     equilibrium signal."""
     epoch_blocks: int = 0
     """How many of :attr:`loss_blocks` this epoch added: without them, the dwell is what the
-    previous epoch end tested."""
+    previous epoch end tested. ``0`` (the default of a hand-built observation): no previous
+    test, so the first dwell settles only on
+    :data:`~kramers_callback.signals.equilibrium.FIRST_DWELL_FLOOR_SHARE`."""
     first_dwell: bool = True
     """Whether the dwell is the first, from the initialisation (no change of ``η`` or ``B``
     yet)."""

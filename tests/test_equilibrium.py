@@ -284,23 +284,23 @@ def test_the_floor_reads_the_running_noise_and_names_a_fallback():
     assert without.reason.endswith("; floor from noise_source=last_estimate")
 
 
-def test_the_first_dwell_settles_below_half_the_floor_only_when_flat_twice():
+def test_the_first_dwell_with_a_floor_below_half_the_loss_settles_only_when_flat_twice():
     # η = 0.05, B = 32 and a running tr Σ₁ of 1024: F = 0.4 against a loss of 1, below half of
     # it, G = 0.2 well above the trend noise of blocks alternating by ±0.01. Epoch 0 is the
     # burn-in; the dwell's last ``epoch_blocks`` are the epoch's own.
-    def blocks(shapes):
+    def blocks(shapes, noises):
         return tuple(
             LossBlock(
                 mean=shape(j) + 0.01 * (-1) ** j,
                 position=100.0 * (16 * e + j + 0.5),
                 samples=100,
-                noise_trace=1024.0,
+                noise_trace=noise,
             )
-            for e, shape in enumerate(shapes)
+            for e, (shape, noise) in enumerate(zip(shapes, noises, strict=True))
             for j in range(16)
         )
 
-    def reading(shapes, epoch_blocks=16):
+    def reading(shapes, epoch_blocks=16, noises=None):
         observation = observe(
             epoch=len(shapes) - 1,
             horizon=Horizon(samples_seen=1600 * len(shapes)),
@@ -310,7 +310,7 @@ def test_the_first_dwell_settles_below_half_the_floor_only_when_flat_twice():
             last_good=None,
             dataset_size=None,
             dim=10,
-            loss_blocks=blocks(shapes),
+            loss_blocks=blocks(shapes, noises or [1024.0] * len(shapes)),
             epoch_blocks=epoch_blocks,
             first_dwell=True,
             burn_in_samples=1600.0,
@@ -334,6 +334,10 @@ def test_the_first_dwell_settles_below_half_the_floor_only_when_flat_twice():
     # A plateau right after a descent (the previous test saw it fall) is not a basin yet.
     paused = reading([start, falling, flat, flat])
     assert paused.resolved and not paused.thermalized
+    # The previous test reads its own window's noise: where that epoch sampled none, it is no
+    # evidence (this epoch's running noise is not what that epoch end read).
+    unread = reading([start, flat, flat], noises=[1024.0, math.nan, 1024.0])
+    assert unread.resolved and not unread.thermalized
 
 
 def test_the_floor_averages_the_running_noise_over_the_test_window():

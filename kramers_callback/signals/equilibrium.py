@@ -181,7 +181,7 @@ def equilibrium_test(
             window starts after them. The callback passes the first epoch's samples in the
             first dwell, from the initialisation (docs/theory.md, "The first dwell").
         min_blocks: the smallest window; the test waits until the dwell holds this many.
-        previous: the test of the dwell as the previous decision saw it (without this epoch's
+        previous: the test of the dwell as the previous epoch end had it (without this epoch's
             blocks), for ``min_floor_share``; ``None``: no previous test.
 
     Returns:
@@ -270,8 +270,9 @@ class EquilibriumSignal:
     (:func:`~kramers_callback.noise.floor.noise_floor`); the first dwell, from the
     initialisation, asks a window after the first epoch (the initial transient) and
     :data:`FIRST_DWELL_FLOOR_SHARE`, or else a window flat on evidence here and at the previous
-    epoch end (the dwell without the observation's ``epoch_blocks``, tested again). Cost: that
-    of :func:`equilibrium_test`, twice where the previous test is asked.
+    epoch end (the dwell without the observation's ``epoch_blocks``, tested again at its own
+    window's running noise; a previous window without one is no evidence). Cost: that of
+    :func:`equilibrium_test`, three times where the previous test is asked.
 
     Args:
         factor: the cooling factor ``r`` (``G = (1 − r)F``).
@@ -287,8 +288,10 @@ class EquilibriumSignal:
         reading, fallback = self._test(observation, blocks, None)
         if observation.first_dwell and reading.resolved and not reading.thermalized:
             if 0 < fresh < len(blocks):
-                # The previous decision's test, recomputed from the checkpointed dwell.
-                previous, _ = self._test(observation, blocks[:-fresh], None)
+                # The previous epoch end's test, recomputed from the checkpointed dwell: from its
+                # own window's noise only, since this epoch's noise or estimate is not what
+                # that epoch end read.
+                previous, _ = self._test(observation, blocks[:-fresh], None, own_noise=True)
                 reading, fallback = self._test(observation, blocks, previous)
         if fallback and math.isfinite(reading.floor):
             # Say so: the floor then moves with when the estimates come.
@@ -301,17 +304,19 @@ class EquilibriumSignal:
         observation: Observation,
         blocks: Sequence[LossBlock],
         previous: EquilibriumReading | None,
+        *,
+        own_noise: bool = False,
     ) -> tuple[EquilibriumReading, bool]:
         """The test of ``blocks`` at their window's floor, and whether that floor fell back to
-        the observation's noise."""
+        the observation's noise (``own_noise``: never; no floor instead)."""
         knobs = observation.knobs
         # The floor is a stationary average: the running noise averages along the trajectory,
         # where an estimate reads one point on a fixed probe; averaged over the window the
         # trend reads, as the loss is.
         noise = window_noise_trace(trend_window(blocks, self.min_blocks))
-        if not math.isfinite(noise):
+        if not (math.isfinite(noise) or own_noise):
             noise = observation.running_noise_trace
-        fallback = not math.isfinite(noise)
+        fallback = not (math.isfinite(noise) or own_noise)
         if fallback:
             noise = observation.noise_trace
         floor = math.nan
