@@ -454,13 +454,16 @@ class _RegressionData(pl.LightningDataModule):
         return torch.utils.data.DataLoader(self.train_set, batch_size=self.batch_size)
 
 
+_REGRESSION_ESTIMATE = dict(WELL, probe_size=64, top_k=1, max_scan_evals=10)
+
+
 @pytest.mark.parametrize("offset", [0.0, 3.0])
 def test_a_constant_in_the_loss_does_not_keep_a_stationary_walker_from_cooling(offset):
     # Label noise keeps the loss above the floor the noise predicts (L₀ = σ²/2), and a
     # constant moves L₀ further: nothing physical changes, and the walker is stationary from
     # the first epoch after burn-in. At offset 0 the floor is over half the loss, which vouches
     # for the basin; at offset 3 it is not, and the flat windows must show it twice.
-    cb = KramersCallback("lr", **dict(WELL, probe_size=64, top_k=1, max_scan_evals=10))
+    cb = KramersCallback("lr", **_REGRESSION_ESTIMATE)
     pl.seed_everything(0)
     fit = trainer(callbacks=[cb], max_epochs=3)
     fit.fit(_OffsetRegression(offset), datamodule=_RegressionData())
@@ -471,3 +474,25 @@ def test_a_constant_in_the_loss_does_not_keep_a_stationary_walker_from_cooling(o
     else:
         assert first == 2, said
         assert "flat on evidence once" in said[1] and "flat on evidence twice" in said[2]
+
+
+def test_a_resume_between_the_two_flat_windows_settles_as_an_uninterrupted_run(tmp_path):
+    # The previous test is recomputed from the checkpointed dwell: a checkpoint after the first
+    # flat window (epoch 1) must cool at epoch 2 as the uninterrupted run does.
+    def fit(cb, callbacks=(), ckpt_path=None):
+        pl.seed_everything(0)
+        t = trainer(callbacks=[cb, *callbacks], max_epochs=3)
+        t.fit(_OffsetRegression(3.0), datamodule=_RegressionData(), ckpt_path=ckpt_path)
+        return t
+
+    uninterrupted = KramersCallback("lr", **_REGRESSION_ESTIMATE)
+    fit(uninterrupted)
+    first = KramersCallback("lr", **_REGRESSION_ESTIMATE)
+    t = fit(first, callbacks=[StopAfter(2)])
+    assert "flat on evidence once" in first.history[-1]["equilibrium"]
+    path = tmp_path / "once.ckpt"
+    t.save_checkpoint(path)
+    resumed = KramersCallback("lr", **_REGRESSION_ESTIMATE)
+    fit(resumed, ckpt_path=path)
+    assert decisions(resumed) == decisions(uninterrupted)
+    assert "flat on evidence twice" in resumed.history[2]["equilibrium"]
