@@ -22,7 +22,6 @@ from kramers_callback._step_statistics import EpochStatistics
 from kramers_callback.limits import ControlLimits, control_limits
 from kramers_callback.noise.floor import cooling_factor
 from kramers_callback.observation import (
-    Decision,
     EstimateSummary,
     Horizon,
     Knobs,
@@ -31,7 +30,7 @@ from kramers_callback.observation import (
     usable_running_noise,
 )
 from kramers_callback.policies import PolicyRule
-from kramers_callback.regime import RegimeDecision, choose
+from kramers_callback.regime import Phase, RegimeDecision, choose
 from kramers_callback.signals import EquilibriumSignal, KramersTargetSignal
 from kramers_callback.stopping import TerminationRule
 
@@ -57,7 +56,9 @@ class DecisionStep:
         initial_lr, initial_batch: the first fit's knobs, the default bounds.
         last_good: the last estimate with ``status == "ok"``.
         dwell: the loss blocks since the temperature last changed.
-        first_dwell: whether no change of ``η`` or ``B`` has happened yet.
+        first_dwell: whether the walker is still in its descent from the initialisation: no
+            change of ``η`` or ``B`` yet from a thermalized or trapped phase (a stability clamp
+            while descending starts a new dwell but not a settled one).
         first_epoch_samples: the samples seen by this callback at its first epoch end (the
             first dwell's burn-in); ``None`` before it.
         loss_sign_warned: whether the warning for a loss below 0 under a compute cost was
@@ -199,12 +200,16 @@ class DecisionStep:
             )
         return regime
 
-    def note_applied(self, decision: Decision | None) -> None:
-        """Note the decision the actuators applied."""
+    def note_applied(self, regime: RegimeDecision) -> None:
+        """Note the decision the actuators applied, and the phase it was made in."""
+        decision = regime.record.decision
         if decision is not None and decision.changed:
             # A new temperature: the next equilibrium is a new dwell.
             self.dwell.reset()
-            self.first_dwell = False
+            # Only a move from a settled walker (a cooling, an annealing step) ends the descent
+            # from the initialisation; a stability clamp while descending does not.
+            if regime.phase is not Phase.DESCENDING:
+                self.first_dwell = False
 
     def stop(self, observation: Observation, regime: RegimeDecision) -> bool:
         """This rank's answer: seed 6.3's rule on the measured pathways, once nothing is left

@@ -377,7 +377,7 @@ class KramersCallback(Callback):
         decision = regime.record.decision
         layout = batches.apply(trainer, pl_module, optimizer, knobs=knobs, decision=decision)
         stop = self._stop(trainer, observation, regime)
-        self._decision.note_applied(decision)
+        self._decision.note_applied(regime)
         lr, batch = optim_io.lr_of(optimizer), layout.samples_per_step
         budget = self.budget
         metrics = epoch_metrics(

@@ -331,8 +331,9 @@ class Observation:
     test, so the first dwell settles only on
     :data:`~kramers_callback.signals.equilibrium.FIRST_DWELL_FLOOR_SHARE`."""
     first_dwell: bool = True
-    """Whether the dwell is the first, from the initialisation (no change of ``η`` or ``B``
-    yet)."""
+    """Whether the walker is still in its descent from the initialisation (no change of ``η``
+    or ``B`` yet from a thermalized or trapped phase; a stability clamp while descending does
+    not end it)."""
     burn_in_samples: float = 0.0
     """The samples seen by the callback's first epoch end: the first dwell's burn-in, the
     transient from the initialisation."""

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from kramers_callback import _optimizer as optim_io
+from kramers_callback._arguments import CallbackArguments
 from kramers_callback._batch_size import BatchLayout, BatchMechanism
+from kramers_callback._decision_step import DecisionStep
 from kramers_callback._step_statistics import StepStatistics
+from kramers_callback.observation import Decision, DecisionRecord, LossBlock
+from kramers_callback.policies import policy_rule
+from kramers_callback.regime import CoolingValue, Phase, RegimeDecision
+from kramers_callback.signals.equilibrium import equilibrium_test
 
 
 def test_loader_layout_moves_the_loader_batch():
@@ -98,3 +106,19 @@ def test_a_non_finite_loss_on_one_rank_is_every_ranks(bad):
     assert alone.loss_finite and len(alone.loss_blocks) == 4
     other = torch.tensor([0.5, bad, 0.5, 0.5], dtype=torch.float64)
     assert not epoch(lambda sums: (sums + other) / 2).loss_finite
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_only_a_move_from_a_settled_walker_ends_the_first_dwell(phase):
+    # A stability clamp while descending (AdamW on MNIST-1D: η cut by a fifth at epoch 9)
+    # changes the temperature, so the dwell starts again, but the walker is still in its
+    # descent from the initialisation: the first dwell's guard must stay.
+    step = DecisionStep(CallbackArguments(policy="lr"), policy_rule("lr"))
+    step.dwell.extend([LossBlock(1.0, 1.0, 1)])
+    moved = Decision(0.8e-3, 32, 1.0, math.nan, 0.8, True, "no_target", ("stability",))
+    reading = equilibrium_test([], floor=math.nan)
+    value = CoolingValue(math.nan, math.nan, False, False)
+    step.note_applied(RegimeDecision(DecisionRecord("clamp", decision=moved), phase, reading,
+                                     value, math.nan, None))  # fmt: skip
+    assert step.dwell.blocks == []
+    assert step.first_dwell == (phase is Phase.DESCENDING)
