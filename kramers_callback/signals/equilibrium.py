@@ -272,7 +272,7 @@ class EquilibriumSignal:
     :data:`FIRST_DWELL_FLOOR_SHARE`, or else a window flat on evidence here and at the previous
     epoch end (the dwell without the observation's ``epoch_blocks``, tested again at its own
     window's running noise; a previous window without one is no evidence). Cost: that of
-    :func:`equilibrium_test`, three times where the previous test is asked.
+    :func:`equilibrium_test`, twice in the first dwell.
 
     Args:
         factor: the cooling factor ``r`` (``G = (1 − r)F``).
@@ -285,14 +285,13 @@ class EquilibriumSignal:
 
     def read(self, observation: Observation) -> EquilibriumReading:
         blocks, fresh = observation.loss_blocks, observation.epoch_blocks
-        reading, fallback = self._test(observation, blocks, None)
-        if observation.first_dwell and reading.resolved and not reading.thermalized:
-            if 0 < fresh < len(blocks):
-                # The previous epoch end's test, recomputed from the checkpointed dwell: from its
-                # own window's noise only, since this epoch's noise or estimate is not what
-                # that epoch end read.
-                previous, _ = self._test(observation, blocks[:-fresh], None, own_noise=True)
-                reading, fallback = self._test(observation, blocks, previous)
+        previous = None
+        if observation.first_dwell and 0 < fresh < len(blocks):
+            # The previous epoch end's test, recomputed from the checkpointed dwell: from its
+            # own window's noise only, since this epoch's noise or estimate is not what that
+            # epoch end read.
+            previous, _ = self._test(observation, blocks[:-fresh], None, own_noise=True)
+        reading, fallback = self._test(observation, blocks, previous)
         if fallback and math.isfinite(reading.floor):
             # Say so: the floor then moves with when the estimates come.
             reason = f"{reading.reason}; floor from noise_source={observation.noise_source}"
@@ -314,11 +313,12 @@ class EquilibriumSignal:
         # where an estimate reads one point on a fixed probe; averaged over the window the
         # trend reads, as the loss is.
         noise = window_noise_trace(trend_window(blocks, self.min_blocks))
+        fallback = False
         if not (math.isfinite(noise) or own_noise):
             noise = observation.running_noise_trace
-        fallback = not (math.isfinite(noise) or own_noise)
-        if fallback:
-            noise = observation.noise_trace
+            fallback = not math.isfinite(noise)
+            if fallback:
+                noise = observation.noise_trace
         floor = math.nan
         if math.isfinite(noise) and noise >= 0:
             floor = noise_floor(
