@@ -20,6 +20,7 @@ venv: $(BIN)/.installed
 
 lint: venv
 	$(BIN)/ruff check kramers_callback tests benchmarks
+	$(BIN)/ruff format --check kramers_callback tests benchmarks
 
 test: venv lint
 	$(BIN)/python -m pytest -q

@@ -158,8 +158,9 @@ class BatchControl:
             trainer.accumulate_grad_batches = layout.accumulation
         return layout
 
-    def end_epoch(self, trainer: pl.Trainer) -> BatchLayout:
-        """The layout the epoch trained with."""
+    def in_force(self, trainer: pl.Trainer) -> BatchLayout:
+        """The layout the epoch trains with (from its first batch on: every epoch-start hook
+        has set its accumulation factor by then)."""
         assert self.layout is not None
         if not (self.layout.mechanism is BatchMechanism.ACCUMULATION and self.owns_accumulation):
             # B counts the accumulation factor in force, whoever set it.

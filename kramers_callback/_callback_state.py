@@ -12,7 +12,7 @@ from torch import Tensor
 from kramers_callback._arguments import check_resumed_arguments
 from kramers_callback._batch_size import BatchLayout, BatchMechanism
 from kramers_callback.noise.running import RunningNoiseEstimator
-from kramers_callback.observation import EstimateSummary
+from kramers_callback.observation import EstimateSummary, Knobs
 
 if TYPE_CHECKING:
     from kramers_callback.callback import KramersCallback
@@ -23,6 +23,8 @@ __all__ = [
     "WarmStart",
     "adopt_legacy_key",
     "callback_state",
+    "knobs_from_state",
+    "knobs_to_state",
     "layout_from_state",
     "layout_to_state",
     "load_callback_state",
@@ -69,6 +71,19 @@ def layout_from_state(state: dict[str, Any], multiple: int) -> BatchLayout:
         world_size=int(state["world_size"]),
         multiple=multiple,
     )
+
+
+def knobs_to_state(knobs: Knobs | None) -> list[float] | None:
+    if knobs is None:
+        return None
+    return [knobs.lr, float(knobs.batch_size), knobs.momentum, knobs.damping]
+
+
+def knobs_from_state(state: list[float] | None) -> Knobs | None:
+    if state is None:
+        return None
+    lr, batch, momentum, damping = state
+    return Knobs(float(lr), int(batch), momentum=float(momentum), damping=float(damping))
 
 
 def running_to_state(running: RunningNoiseEstimator) -> dict[str, float]:
@@ -120,6 +135,8 @@ def callback_state(cb: KramersCallback) -> dict[str, Any]:
         "budget": estimates.budget.state_dict(),
         "termination": cb.termination.state_dict(),
         "dwell": decision.dwell.state_dict(),
+        "dwell_knobs": knobs_to_state(decision.dwell_knobs),
+        "epoch_knobs": knobs_to_state(decision.epoch_knobs),
         "first_dwell": decision.first_dwell,
         "first_epoch_samples": decision.first_epoch_samples,
         "history": [dict(h) for h in cb.history],
@@ -155,6 +172,8 @@ def load_callback_state(cb: KramersCallback, state: dict[str, Any]) -> None:
     estimates.budget.load_state_dict(state.get("budget", {}))
     cb.termination.load_state_dict(state.get("termination", {}))
     decision.dwell.load_state_dict(state.get("dwell"))
+    decision.dwell_knobs = knobs_from_state(state.get("dwell_knobs"))
+    decision.epoch_knobs = knobs_from_state(state.get("epoch_knobs"))
     decision.first_dwell = bool(state.get("first_dwell", True))
     first_epoch = state.get("first_epoch_samples")
     decision.first_epoch_samples = None if first_epoch is None else int(first_epoch)

@@ -21,6 +21,7 @@ from kramers_callback._loss_blocks import Dwell
 from kramers_callback._step_statistics import EpochStatistics
 from kramers_callback.limits import ControlLimits, control_limits
 from kramers_callback.noise.floor import cooling_factor
+from kramers_callback.noise.temperature import effective_lr
 from kramers_callback.observation import (
     EstimateSummary,
     Horizon,
@@ -56,6 +57,11 @@ class DecisionStep:
         initial_lr, initial_batch: the first fit's knobs, the default bounds.
         last_good: the last estimate with ``status == "ok"``.
         dwell: the loss blocks since the temperature last changed.
+        dwell_knobs: the knobs the dwell was trained at, the floor's (``None`` right after a
+            change by the callback until the next epoch end, and from a checkpoint that
+            predates them).
+        epoch_knobs: those of the epoch in progress, read at its first batch (checkpointed:
+            a resume inside the epoch does not read them again).
         first_dwell: whether the walker is still in its descent from the initialisation: no
             change of ``η`` or ``B`` yet from a thermalized or trapped phase (a stability clamp
             while descending starts a new dwell but not a settled one).
@@ -85,6 +91,8 @@ class DecisionStep:
         self.dim = 0
         self.last_good: EstimateSummary | None = None
         self.dwell = Dwell()
+        self.dwell_knobs: Knobs | None = None
+        self.epoch_knobs: Knobs | None = None
         self.first_dwell = True
         self.first_epoch_samples: int | None = None
         self.loss_sign_warned = False
@@ -99,9 +107,25 @@ class DecisionStep:
         self.dataset_size = dataset_size
         self.dim = dim
 
+    def note_epoch_knobs(self, knobs: Knobs) -> None:
+        """At the epoch's first training batch: the knobs it trains at, once every epoch-start
+        hook (a GradientAccumulationScheduler's, the module's) has run and before a scheduler
+        steps at its last batch; kept until :meth:`add_epoch`."""
+        if self.epoch_knobs is None:
+            self.epoch_knobs = knobs
+
     def add_epoch(self, fresh: EstimateSummary | None, statistics: EpochStatistics) -> None:
-        """Add the epoch's loss blocks, with its running noise, to the dwell, and ``fresh`` (if
-        good) as the last good."""
+        """Add the epoch's loss blocks, with its running noise, to the dwell (a new dwell where
+        the epoch trained at other knobs than the dwell's), and ``fresh`` (if good) as the
+        last good."""
+        trained, dwell = self.epoch_knobs, self.dwell_knobs
+        if trained is not None:
+            if dwell is not None and not _same_temperature(dwell, trained):
+                # Changed from outside the callback (an LR scheduler under the batch or
+                # observe policy): the earlier blocks sampled another temperature's state.
+                self.dwell.reset()
+            self.dwell_knobs = trained
+        self.epoch_knobs = None
         noise = usable_running_noise(statistics.running, loss_finite=statistics.loss_finite)
         self.dwell.extend(replace(b, noise_trace=noise) for b in statistics.loss_blocks)
         if fresh is not None and fresh.ok:
@@ -138,6 +162,7 @@ class DecisionStep:
             epoch_blocks=min(len(statistics.loss_blocks), len(self.dwell.blocks)),
             first_dwell=self.first_dwell,
             burn_in_samples=self.first_epoch_samples,
+            dwell_knobs=self.dwell_knobs,
         )
 
     def limits(
@@ -206,6 +231,7 @@ class DecisionStep:
         if decision is not None and decision.changed:
             # A new temperature: the next equilibrium is a new dwell.
             self.dwell.reset()
+            self.dwell_knobs = None
             # Only a move from a settled walker (a cooling, an annealing step) ends the descent
             # from the initialisation; a stability clamp while descending does not.
             if regime.phase is not Phase.DESCENDING:
@@ -229,3 +255,10 @@ class DecisionStep:
                 monitor_value=observation.monitor,
             )
         return False
+
+
+def _same_temperature(a: Knobs, b: Knobs) -> bool:
+    """The same effective ``η = η/(1 − β)`` (to rounding) and the same ``B``."""
+    lr_a = effective_lr(lr=a.lr, momentum=a.momentum)
+    lr_b = effective_lr(lr=b.lr, momentum=b.momentum)
+    return a.batch_size == b.batch_size and abs(lr_a - lr_b) <= 1e-9 * max(lr_a, lr_b)

@@ -9,10 +9,12 @@ approximation of docs/theory.md section 5: the diagonal preconditioner
 
     P = \frac{1}{\sqrt{\hat v} + \epsilon}, \qquad \hat v = \frac{v}{1 - \beta_2^t},
 
-with ``v`` Adam's ``exp_avg_sq``. In coordinates ``x = P^{-1/2}θ`` Adam's step (without its
-first-moment averaging) is plain SGD with step ``η``, so the temperature, curvature and barriers
-are measured there (``estimate(preconditioner=P)``) and the noise fed to the running estimator
-is ``P^{1/2} g``. Weight decay and the first-moment EMA are ignored.
+with ``v`` Adam's ``exp_avg_sq``. In coordinates ``x = P^{-1/2}θ`` Adam's step is SGD with
+dampened heavy-ball momentum: its first moment ``m ← β₁m + (1 − β₁)g`` is SGD's buffer with
+dampening ``β₁``. So the temperature's step is ``η(1 − β₁)/(1 − β₁) = η``, the stability limit
+heavy ball's, and the temperature, curvature and barriers are measured there
+(``estimate(preconditioner=P)``), with ``P^{1/2} g`` the noise fed to the running estimator.
+Weight decay, the bias corrections and the change of ``P`` along the run are ignored.
 """
 
 from __future__ import annotations
@@ -53,14 +55,18 @@ def lr_of(optimizer: torch.optim.Optimizer) -> float:
 
 
 def momentum_of(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
-    """``(β, 1 − dampening)`` of SGD's heavy-ball momentum; ``(0, 1)`` for the Adam family.
+    """``(β, 1 − dampening)`` of the optimizer's heavy-ball momentum: SGD's, or ``(β₁, 1 − β₁)``
+    for the Adam family.
 
     SGD's buffer ``b ← βb + (1 − τ)g`` with step ``η b`` moves like plain SGD with step
-    ``η (1 − τ)/(1 − β)``; Adam's first moment is an average (weights summing to one), so its
-    effective step is ``η`` (docs/theory.md sections 0 and 5).
+    ``η (1 − τ)/(1 − β)``, and is stable on a quadratic while ``η(1 − τ)λ < 2(1 + β)``.
+    Adam's first moment ``m ← β₁m + (1 − β₁)g`` is that buffer with ``τ = β₁``: its effective
+    step is ``η`` and its stability limit ``ηλ < 2(1 + β₁)/(1 − β₁)`` in the preconditioned
+    coordinates (docs/theory.md sections 0 and 5).
     """
     if not isinstance(optimizer, torch.optim.SGD):
-        return 0.0, 1.0
+        beta1 = float(optimizer.param_groups[0].get("betas", (0.0, 0.0))[0])
+        return beta1, 1.0 - beta1
     group = optimizer.param_groups[0]
     momentum = float(group.get("momentum", 0.0) or 0.0)
     dampening = float(group.get("dampening", 0.0) or 0.0) if momentum > 0 else 0.0

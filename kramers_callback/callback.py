@@ -306,6 +306,11 @@ class KramersCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self.budget.add_training(self._steps.count_batch(batch))
+        if self._decision.epoch_knobs is None and self._batches.layout is not None:
+            layout = self._batches.in_force(trainer)
+            self._decision.note_epoch_knobs(
+                knobs_of(trainer.optimizers[0], layout.samples_per_step)
+            )
 
     def on_train_batch_end(
         self,
@@ -327,7 +332,7 @@ class KramersCallback(Callback):
         if trainer.sanity_checking or self._batches.layout is None or self._steps.running is None:
             return
         optimizer = trainer.optimizers[0]
-        knobs = knobs_of(optimizer, self._batches.end_epoch(trainer).samples_per_step)
+        knobs = knobs_of(optimizer, self._batches.in_force(trainer).samples_per_step)
         # A descending walker has no barrier question: scan once the phase asks.
         scan = bool(self.history) and self.history[-1].get("phase", "descending") != "descending"
         fresh = self._estimates.at_epoch_end(trainer, pl_module, knobs=knobs, scan=scan)

@@ -283,13 +283,15 @@ class Knobs:
     """The settings a decision may turn, as decisions see them."""
 
     lr: float
-    """``η``: the reference parameter group's learning rate × SGD's ``1 − dampening``."""
+    """``η``: the reference parameter group's learning rate × ``1 − dampening`` of its
+    heavy-ball form (SGD's dampening; ``β₁`` for the Adam family)."""
     batch_size: int
     """``B``: samples per optimizer step."""
     momentum: float = 0.0
-    """``β`` (``η_eff = η/(1 − β)``)."""
+    """``β`` (``η_eff = η/(1 − β)``); Adam's ``β₁``."""
     damping: float = 1.0
-    """SGD's ``1 − dampening``: the optimizer's own learning rate is ``lr / damping``."""
+    """``1 − dampening`` (Adam: ``1 − β₁``): the optimizer's own learning rate is
+    ``lr / damping``."""
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,10 @@ class Observation:
     running_noise_trace: float = math.nan
     """The epoch's running two-batch ``tr Σ₁``, an average over the steps it sampled along the
     trajectory (``nan`` where none was sampled, or after a non-finite training loss)."""
+    dwell_knobs: Knobs | None = None
+    """The knobs the dwell's blocks were trained at, the equilibrium floor's (``None``:
+    :attr:`knobs`). They differ from :attr:`knobs` at the epoch end where a scheduler outside
+    the callback has just stepped."""
 
     def hold_reason(self) -> str | None:
         """Why the measurements give nothing to decide from (never act on a non-finite
@@ -424,6 +430,7 @@ def observe(
     epoch_blocks: int = 0,
     first_dwell: bool = True,
     burn_in_samples: float = 0.0,
+    dwell_knobs: Knobs | None = None,
 ) -> Observation:
     """The :class:`Observation` of one epoch end. The noise ``tr Σ₁`` now: a fresh estimate,
     else (after a non-finite training loss: none) the running two-batch noise (``running``),
@@ -474,4 +481,5 @@ def observe(
         first_dwell=first_dwell,
         burn_in_samples=burn_in_samples,
         running_noise_trace=running_noise,
+        dwell_knobs=dwell_knobs,
     )

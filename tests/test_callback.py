@@ -136,6 +136,23 @@ def test_batch_policy_composes_with_a_user_lr_scheduler():
     assert lrs == pytest.approx([0.2 * 0.01, 0.1 * 0.01])
 
 
+@pytest.mark.parametrize("scheduler", [False, True])
+def test_a_user_lr_scheduler_starts_a_new_dwell_at_each_change(scheduler):
+    """The equilibrium test reads one temperature: a StepLR stepping every epoch leaves the
+    dwell with the last epoch's blocks only, and checkpoints the knobs it was trained at."""
+    pl.seed_everything(0)
+    cb = KramersCallback("observe", **FAST)
+    module = TinyClassifier(lr=0.2, scheduler=scheduler)
+    trainer(callbacks=[cb], max_epochs=3).fit(module, datamodule=BlobsData())
+    per_epoch = 192 // 16  # BlobsData's batches, one block each
+    assert len(cb._decision.dwell.blocks) == (per_epoch if scheduler else 3 * per_epoch)
+    # The last epoch trained at StepLR's 0.2 · 0.1² (read at its start: Lightning steps an
+    # epoch-interval scheduler before the epoch-end hooks).
+    assert cb.state_dict()["dwell_knobs"] == pytest.approx(
+        [0.2 * (0.01 if scheduler else 1), 16, 0.0, 1.0]
+    )
+
+
 # -- observe is invisible ------------------------------------------------------------------------
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_observe_is_bit_identical_to_no_callback(momentum):

@@ -13,6 +13,7 @@ from kramers_callback._arguments import CallbackArguments
 from kramers_callback._batch_size import BatchLayout, BatchMechanism
 from kramers_callback._decision_step import DecisionStep
 from kramers_callback._step_statistics import StepStatistics
+from kramers_callback.limits import stability_limit
 from kramers_callback.observation import Decision, DecisionRecord, LossBlock
 from kramers_callback.policies import policy_rule
 from kramers_callback.regime import CoolingValue, Phase, RegimeDecision
@@ -45,7 +46,38 @@ def test_optimizer_kinds_and_momentum():
     assert optim_io.momentum_of(torch.optim.SGD(params, lr=0.1)) == (0.0, 1.0)
     sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.25)
     assert optim_io.momentum_of(sgd) == (0.9, 0.75)
-    assert optim_io.momentum_of(torch.optim.Adam(params)) == (0.0, 1.0)
+    # Adam's first moment is SGD's buffer with dampening β₁.
+    assert optim_io.momentum_of(torch.optim.Adam(params)) == pytest.approx((0.9, 0.1))
+    assert optim_io.momentum_of(torch.optim.NAdam(params, betas=(0.5, 0.9))) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.5, 0.9])
+def test_the_adam_stability_limit_is_where_torch_adam_stops_converging(beta1):
+    # Adam on ½λx² with ε far above sqrt(v̂): P = 1/ε is frozen, and Adam's step is SGD with
+    # dampened heavy-ball momentum on ½(λ/ε)x². The callback's limit on Adam's own η,
+    # stability_limit(λ/ε, β)/damping, must separate converging runs from growing ones. 200
+    # steps at η = 0 first age the moments, so that the bias corrections are spent.
+    lam, eps, x0 = 4e3, 1e3, 1e-9
+    adam = torch.optim.Adam([nn.Parameter(torch.zeros(1))], betas=(beta1, 0.999))
+    momentum, damping = optim_io.momentum_of(adam)
+    limit = stability_limit(lambda_max=lam / eps, momentum=momentum) / damping
+
+    def sizes(lr: float) -> tuple[float, float]:
+        x = nn.Parameter(torch.tensor([x0], dtype=torch.float64))
+        opt = torch.optim.Adam([x], lr=0.0, betas=(beta1, 0.999), eps=eps)
+        largest = 0.0
+        for step in range(1200):
+            if step == 200:
+                opt.param_groups[0]["lr"] = lr
+            opt.zero_grad()
+            (0.5 * lam * x.square()).sum().backward()
+            opt.step()
+            largest = max(largest, abs(x.item()))
+        return largest, abs(x.item())
+
+    assert sizes(0.95 * limit)[1] < 1e-3 * x0  # converges
+    # Grows by a thousandfold (until sqrt(v̂) nears ε and Adam's own adaptation takes over).
+    assert sizes(1.05 * limit)[0] > 1e3 * x0
 
 
 def test_scale_lr_keeps_the_groups_in_proportion():
@@ -110,7 +142,8 @@ def test_a_non_finite_loss_on_one_rank_is_every_ranks(bad):
 
 @pytest.mark.parametrize("phase", list(Phase))
 def test_only_a_move_from_a_settled_walker_ends_the_first_dwell(phase):
-    # A stability clamp while descending (AdamW on MNIST-1D: η cut by a fifth at epoch 9)
+    # A stability clamp while descending (AdamW on MNIST-1D, at the old limit of plain SGD:
+    # η cut by a fifth at epoch 9)
     # changes the temperature, so the dwell starts again, but the walker is still in its
     # descent from the initialisation: the first dwell's guard must stay.
     step = DecisionStep(CallbackArguments(policy="lr"), policy_rule("lr"))

@@ -92,6 +92,44 @@ def test_resume_from_a_checkpoint_saved_after_validation_inside_the_epoch(tmp_pa
     assert torch.equal(flat_parameters(module), flat_parameters(full))
 
 
+class ScheduledWell(ValidatedWell):
+    """η halved after every epoch by a StepLR, which the batch policy leaves to it."""
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        opt = super().configure_optimizers()
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)}
+
+
+def test_a_resume_inside_an_epoch_keeps_the_knobs_a_scheduler_set(tmp_path):
+    # The checkpoint after the epoch's last validation comes after StepLR stepped: the knobs
+    # the epoch trained at must come from the file, not from the optimizer.
+    kwargs = dict(max_epochs=4, limit_val_batches=1.0, val_check_interval=0.5)
+
+    def run(callbacks, ckpt_path=None):
+        module = ScheduledWell(lr=LR)
+        t = trainer(callbacks=callbacks, enable_checkpointing=ckpt_path is None, **kwargs)
+        t.fit(module, datamodule=ValidatedData(num_samples=SAMPLES), ckpt_path=ckpt_path)
+        return module
+
+    pl.seed_everything(0)
+    uninterrupted = KramersCallback("batch", **QUIET_WELL)
+    full = run([uninterrupted])
+    pl.seed_everything(0)
+    first = KramersCallback("batch", **QUIET_WELL)
+    run([first, StopAfter(2), ModelCheckpoint(dirpath=tmp_path, save_top_k=-1)])
+    path = max(tmp_path.glob("epoch=1-*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    saved = torch.load(path, weights_only=True)["callbacks"][first.state_key]
+    assert saved["epoch_knobs"][0] == pytest.approx(LR / 2)  # epoch 1's η, not epoch 2's
+    pl.seed_everything(123)
+    resumed = KramersCallback("batch", **QUIET_WELL)
+    module = run([resumed], ckpt_path=path)
+    assert decisions(resumed) == decisions(uninterrupted)
+    final = uninterrupted.state_dict()
+    assert resumed.state_dict()["dwell_knobs"] == final["dwell_knobs"]
+    assert resumed.state_dict()["dwell"] == final["dwell"]
+    assert torch.equal(flat_parameters(module), flat_parameters(full))
+
+
 def test_epoch_state_round_trips_through_a_weights_only_load(tmp_path):
     cb = KramersCallback("observe", **QUIET_WELL)
     pl.seed_everything(0)
@@ -163,6 +201,11 @@ def test_observe_leaves_a_gradient_accumulation_scheduler_alone_and_logs_the_rea
     assert [h["batch_size"] for h in cb.history] == [16, 16, 64, 64]
     assert [h["metrics"]["kramers/batch_size"] for h in cb.history] == [16, 16, 64, 64]
     assert t.accumulate_grad_batches == 4
+    # The scheduler's factor is in force from the epoch's first batch, whichever hook runs
+    # first: B = 64 started a new dwell at epoch 2, which epoch 3 continued (16 loss blocks
+    # an epoch; η, β = 0, damping 1).
+    assert cb.state_dict()["dwell_knobs"] == [LR, 64.0, 0.0, 1.0]
+    assert len(cb.state_dict()["dwell"]) == 2 * 16
 
 
 def test_the_lr_policy_keeps_a_gradient_accumulation_schedulers_factor():

@@ -254,7 +254,9 @@ def test_a_window_inside_the_burn_in_is_not_tested_and_one_after_it_is():
     assert after.thermalized and after.statistic <= 1.0
 
 
-def _signal_reading(running: float, *, last_good=None, loss_blocks=(), signal=None):
+def _signal_reading(
+    running: float, *, last_good=None, loss_blocks=(), signal=None, dwell_knobs=None
+):
     """The equilibrium signal's reading of an epoch end at η = 0.05, B = 32, after a change."""
     observation = observe(
         epoch=3,
@@ -267,6 +269,7 @@ def _signal_reading(running: float, *, last_good=None, loss_blocks=(), signal=No
         dim=10,
         loss_blocks=loss_blocks,
         first_dwell=False,
+        dwell_knobs=dwell_knobs,
     )
     return (signal or EquilibriumSignal()).read(observation)
 
@@ -282,6 +285,12 @@ def test_the_floor_reads_the_running_noise_and_names_a_fallback():
     without = reading(math.nan)  # no window sampled this epoch: the last estimate's noise
     assert without.floor == pytest.approx(noise_floor(lr=0.05, noise_trace=90.0, batch_size=32))
     assert without.reason.endswith("; floor from noise_source=last_estimate")
+    # A scheduler outside the callback stepped at this epoch end: η is 0.05 from now on, but
+    # the dwell trained at 0.5 with momentum 0.9, B = 64, and the floor is that stationary
+    # state's.
+    trained = Knobs(0.5, 64, momentum=0.9, damping=1.0)
+    stepped = _signal_reading(40.0, dwell_knobs=trained)
+    assert stepped.floor == pytest.approx(noise_floor(lr=5.0, noise_trace=40.0, batch_size=64))
 
 
 def test_the_first_dwell_with_a_floor_below_half_the_loss_settles_only_when_flat_twice():
@@ -401,3 +410,26 @@ def test_the_dwell_tags_each_epochs_blocks_with_its_usable_running_noise():
     tags = [b.noise_trace for b in step.dwell.blocks]
     # A non-finite epoch's noise and a two-batch average at or below zero are not usable.
     assert tags[:2] == [3.0, 3.0] and all(math.isnan(t) for t in tags[2:])
+
+
+def test_knobs_changed_from_outside_the_callback_start_a_new_dwell():
+    """An LR scheduler under the batch or observe policy moves the temperature between epoch
+    ends: the blocks trained before the change are another stationary state's."""
+    step = DecisionStep(CallbackArguments(), policy_rule("batch"))
+    block = LossBlock(mean=0.5, position=8.0, samples=16)
+    statistics = EpochStatistics(
+        RunningNoise(noise_trace=3.0), loss_finite=True, loss_blocks=(block,) * 4
+    )
+    lengths = []
+    for knobs in (
+        Knobs(0.1, 16, momentum=0.9),
+        Knobs(0.1, 16, momentum=0.9),  # unchanged: the dwell grows
+        Knobs(0.01, 16, momentum=0.9),  # η from outside
+        Knobs(0.01, 32, momentum=0.9),  # B from outside
+        Knobs(0.01, 32, momentum=0.5),  # β from outside: another η/(1 − β)
+        Knobs(0.01, 32, momentum=0.5),
+    ):
+        step.note_epoch_knobs(knobs)
+        step.add_epoch(None, statistics)
+        lengths.append(len(step.dwell.blocks))
+    assert lengths == [4, 8, 4, 4, 4, 8]

@@ -308,7 +308,10 @@ class EquilibriumSignal:
     ) -> tuple[EquilibriumReading, bool]:
         """The test of ``blocks`` at their window's floor, and whether that floor fell back to
         the observation's noise (``own_noise``: never; no floor instead)."""
-        knobs = observation.knobs
+        # The floor of the temperature the window was trained at.
+        knobs = observation.dwell_knobs
+        if knobs is None:
+            knobs = observation.knobs
         # The floor is a stationary average: the running noise averages along the trajectory,
         # where an estimate reads one point on a fixed probe; averaged over the window the
         # trend reads, as the loss is.
