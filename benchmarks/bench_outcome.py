@@ -73,7 +73,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -420,11 +420,30 @@ class RunResult:
     """The Kramers callback's ``history``: one record per epoch end (measured, decided, why)."""
 
 
-def make_kramers_callback(method: str, extra: Mapping[str, Any] | None = None) -> Callback:
-    """A Kramers arm's callback (:data:`KRAMERS_OPTIONS`, plus ``extra`` arguments)."""
+def make_kramers_callback(
+    method: str,
+    extra: Mapping[str, Any] | None = None,
+    estimate_epochs: Sequence[int] | None = None,
+) -> Callback:
+    """A Kramers arm's callback (:data:`KRAMERS_OPTIONS`, plus ``extra`` arguments).
+
+    ``estimate_epochs``: estimate at the ends of exactly these epochs (0-based), at the size
+    the budget would choose, instead of when measured time allows. A diagnostic replay of one
+    run's estimate schedule, which otherwise depends on the machine's load.
+    """
     from kramers_callback.callback import KramersCallback
 
-    return KramersCallback(**KRAMERS_OPTIONS[method], **(extra or {}))
+    callback = KramersCallback(**KRAMERS_OPTIONS[method], **(extra or {}))
+    if estimate_epochs is not None:
+        budget, pinned = callback.budget, frozenset(estimate_epochs)
+        plan = budget.plan
+
+        def pinned_plan(*, epochs_done: int, epochs_left: float = math.inf) -> Any:
+            chosen = plan(epochs_done=epochs_done, epochs_left=epochs_left)
+            return replace(chosen, run=epochs_done - 1 in pinned, reason="pinned schedule")
+
+        budget.plan = pinned_plan  # type: ignore[method-assign]
+    return callback
 
 
 def _finite(value: Any) -> float | None:
@@ -502,9 +521,11 @@ def run_one(
     scale: float,
     threads: int,
     kramers_extra: Mapping[str, Any] | None = None,
+    estimate_epochs: Sequence[int] | None = None,
 ) -> RunResult:
     """Train one (dataset, method, seed) over ``budget`` epochs and measure it;
-    ``kramers_extra``: more arguments for a Kramers arm's callback."""
+    ``kramers_extra``: more arguments for a Kramers arm's callback; ``estimate_epochs``: its
+    estimates at these epoch ends only (:func:`make_kramers_callback`)."""
     config = DATASETS[dataset]
     torch.set_num_threads(threads)
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -525,7 +546,7 @@ def run_one(
         early = EarlyStopping(monitor="val_acc", mode="max", patience=config.early_stop_patience)
         callbacks.append(early)
     elif method in KRAMERS_ARMS:
-        kramers = make_kramers_callback(method, kramers_extra)
+        kramers = make_kramers_callback(method, kramers_extra, estimate_epochs)
         callbacks.append(kramers)
     recorder = Recorder()
     callbacks.append(recorder)
@@ -908,6 +929,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="the Kramers arms' noise_stride (default: the callback's); use its own --out",
     )
     parser.add_argument(
+        "--estimate-epochs",
+        nargs="+",
+        type=int,
+        default=None,
+        help="the Kramers arms estimate at these epoch ends only (0-based), a diagnostic replay "
+        "of a schedule that measured time otherwise sets; use its own --out",
+    )
+    parser.add_argument(
         "--summary-only", action="store_true", help="only rewrite the summary from runs.jsonl"
     )
     args = parser.parse_args(argv)
@@ -915,6 +944,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--epochs-scale must be a positive number, got {args.epochs_scale}")
     if args.noise_stride is not None and args.noise_stride < 1:
         parser.error(f"--noise-stride must be an integer >= 1, got {args.noise_stride}")
+    if args.estimate_epochs is not None and min(args.estimate_epochs) < 0:
+        parser.error(f"--estimate-epochs must be epochs >= 0, got {args.estimate_epochs}")
     extra = {} if args.noise_stride is None else {"noise_stride": args.noise_stride}
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -954,6 +985,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                             scale=args.epochs_scale,
                             threads=args.threads,
                             kramers_extra=extra,
+                            estimate_epochs=args.estimate_epochs,
                         )
                     record = asdict(result)
                     runs.append(record)

@@ -218,12 +218,19 @@ def choose(
         goal, why = math.nan, f"descending: hold ({equilibrium.reason})"
     good = observation.last_good
     knobs = observation.knobs
+    noise_trace = observation.noise_trace
+    if trapped and good is not None:
+        # The target is the estimate's (its pathways, carried to the knobs), so the temperature
+        # it is compared with is too: between estimates the running noise can read ×100 off at
+        # a large B (an epoch then holds one or two two-batch pairs), and a move by T*/T would
+        # chase that noise by max_change each epoch (docs/theory.md section 4.3).
+        noise_trace = good.noise_trace
     decision = decide(
         rule,
         target_temperature=goal,
         lr=knobs.lr,
         batch_size=knobs.batch_size,
-        noise_trace=observation.noise_trace,
+        noise_trace=noise_trace,
         dim=observation.dim,
         # Without a curvature estimate no stability limit is known; cooling only lowers η.
         lambda_max=good.lambda_max if good is not None else 0.0,

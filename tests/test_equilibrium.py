@@ -433,3 +433,70 @@ def test_knobs_changed_from_outside_the_callback_start_a_new_dwell():
         step.add_epoch(None, statistics)
         lengths.append(len(step.dwell.blocks))
     assert lengths == [4, 8, 4, 4, 4, 8]
+
+
+def test_the_trapped_move_compares_the_target_with_the_estimates_own_temperature():
+    """Between estimates the running noise may read far off (a few two-batch pairs an epoch at a
+    large B). The annealing target comes from the last estimate's pathways, so the batch policy's
+    move must not depend on that reading: the same B for a running noise ×100 or ÷100."""
+    from kramers_callback.limits import control_limits
+    from kramers_callback.noise.temperature import isotropic_temperature
+    from kramers_callback.regime import choose
+    from kramers_callback.signals import KramersTargetSignal
+
+    noise, dim, batch, size = 400.0, 10, 64, 4000
+    temperature = isotropic_temperature(
+        lr=0.05, noise_trace=noise, dim=dim, batch_size=batch, dataset_size=size
+    )
+    good = EstimateSummary(
+        status="ok",
+        temperature=temperature,
+        noise_trace=noise,
+        lambda_max=5.0,
+        lr_eff=0.05,
+        batch_size=batch,
+        dim=dim,
+        finite=True,
+        pathway_barriers=(0.02,),
+        pathway_curvatures=(5.0,),
+        pathway_barrier_curvatures=(-2.0,),
+        pathway_temperatures=(temperature,),
+    )
+    rule = policy_rule("batch")
+    limits = control_limits(
+        initial_lr=0.05, initial_batch=32, lr_min=None, lr_max=None, batch_min=None,
+        batch_max=None, max_change=2.0, samples_per_epoch=size, unit=1, samples_per_step=batch,
+    )  # fmt: skip
+
+    def decided(running: float):
+        observation = observe(
+            epoch=14,
+            horizon=Horizon(samples_seen=14 * size, samples_left=16 * size),
+            knobs=Knobs(0.05, batch),
+            fresh=None,
+            running=RunningNoise(noise_trace=running),
+            last_good=good,
+            dataset_size=size,
+            dim=dim,
+            first_dwell=False,
+        )
+        assert observation.noise_source == "running"
+        target = KramersTargetSignal().read(observation)
+        assert target.now is not None  # trapped: the barrier is within reach
+        regime = choose(
+            observation,
+            rule=rule,
+            limits=limits,
+            equilibrium=equilibrium_test([], floor=math.nan),
+            target=target,
+            compute_cost=0.0,
+            factor=COOLING_FACTOR,
+        )
+        assert regime.phase is Phase.TRAPPED
+        return regime.record.decision, target.now
+
+    (low, low_target), (high, high_target) = decided(noise / 100), decided(noise * 100)
+    # T_c and T* never depended on the reading (every T_v scales with it).
+    assert low_target.critical_temperature == pytest.approx(high_target.critical_temperature)
+    assert low_target.temperature == pytest.approx(high_target.temperature)
+    assert low.batch_size == high.batch_size != batch  # a move, the same for both readings

@@ -131,7 +131,9 @@ class KramersTargetSignal:
 
     Every ``T_v`` scales with the isotropic ``T`` (docs/theory.md section 2), every attempt
     frequency with ``η_eff`` (section 3), and ``t``, ``τ`` are re-expressed in steps of ``B``
-    (:meth:`~kramers_callback.observation.Horizon.clock`). Needs
+    (:meth:`~kramers_callback.observation.Horizon.clock`); the temperature at ``(η, B)`` is
+    that of the estimate's noise ``tr Σ₁``, the one :func:`~kramers_callback.regime.choose`
+    gives the policy in the trapped phase. Needs
     ``observation.last_good``; read only when
     :meth:`~kramers_callback.observation.Observation.hold_reason` is ``None``.
     Cost: one :func:`annealing_target` per evaluation of the function.
@@ -142,7 +144,9 @@ class KramersTargetSignal:
         if good is None:
             raise ValueError("observation.last_good must be an estimate summary, got None")
         momentum = observation.knobs.momentum
-        noise_trace = observation.noise_trace
+        # The estimate's own noise: T_c and T* do not depend on which noise is read (every T_v
+        # scales with it), and the policy compares T* with the temperature of this noise.
+        noise_trace = good.noise_trace
         dataset_size = observation.dataset_size
 
         def target(lr: float, batch: int) -> Target | None:
