@@ -165,7 +165,8 @@ def control_limits(
     """The callback's clamps from its options (``None``: the default) and the run.
 
     - ``η ∈ [lr_min, lr_max]``, by default ``[η₀/1000, η₀]`` (``η₀ = initial_lr``), scaled by
-      SGD's ``1 − dampening`` (``damping``) as the decision sees the learning rate;
+      ``1 − dampening`` (``damping``; SGD's, or ``1 − β₁`` for the Adam family) as the decision
+      sees the learning rate;
     - ``B ∈ [batch_min, batch_max]``, by default ``[B₀, samples per epoch]``, never above an
       epoch and at least one ``unit`` (the step of ``B``);
     - ``pinned`` (the loader ignores the batch attribute and accumulation is not the
