@@ -379,6 +379,8 @@ class KramersCallback(Callback):
             cap=batches.cap(trainer),
         )
         regime = self._decision.choose(observation, limits)
+        if regime.observation is not None:  # the trapped phase's temperature, from the estimate
+            observation = regime.observation
         decision = regime.record.decision
         layout = batches.apply(trainer, pl_module, optimizer, knobs=knobs, decision=decision)
         stop = self._stop(trainer, observation, regime)

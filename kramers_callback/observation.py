@@ -9,7 +9,7 @@ logs both. Everything here is plain numbers: broadcastable across ranks and chec
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from kramers_callback._validation import all_finite
@@ -347,6 +347,13 @@ class Observation:
     :attr:`knobs`). They differ from :attr:`knobs` at the epoch end where a scheduler outside
     the callback has just stepped."""
 
+    def with_noise(self, noise_trace: float, source: str) -> Observation:
+        """This observation with its temperature taken at ``noise_trace``, named ``source``."""
+        temperature = _temperature(
+            self.knobs, noise_trace, dim=self.dim, dataset_size=self.dataset_size
+        )
+        return replace(self, noise_trace=noise_trace, noise_source=source, temperature=temperature)
+
     def hold_reason(self) -> str | None:
         """Why the measurements give nothing to decide from (never act on a non-finite
         estimate, docs/theory.md section 4.3), or ``None``. A non-finite training loss is
@@ -407,6 +414,19 @@ def sampling_size(dataset_size: int | None, batch_size: int) -> int | None:
     return None
 
 
+def _temperature(knobs: Knobs, noise_trace: float, *, dim: int, dataset_size: int | None) -> float:
+    """The isotropic ``T`` at ``knobs`` and ``noise_trace`` (``nan`` without a usable noise)."""
+    if not (all_finite(noise_trace) and noise_trace >= 0):
+        return math.nan
+    return isotropic_temperature(
+        lr=effective_lr(lr=knobs.lr, momentum=knobs.momentum),
+        noise_trace=noise_trace,
+        dim=dim,
+        batch_size=knobs.batch_size,
+        dataset_size=dataset_size,
+    )
+
+
 def usable_running_noise(running: RunningNoise, *, loss_finite: bool) -> float:
     """The epoch's running ``tr Σ₁`` where a decision may use it, else ``nan``."""
     # After a NaN loss older numbers would read as current: no running noise then.
@@ -450,15 +470,7 @@ def observe(
         noise_trace, source = last_good.noise_trace, "last_estimate"
     else:
         noise_trace, source = math.nan, "none"
-    temperature = math.nan
-    if all_finite(noise_trace) and noise_trace >= 0:
-        temperature = isotropic_temperature(
-            lr=effective_lr(lr=knobs.lr, momentum=knobs.momentum),
-            noise_trace=noise_trace,
-            dim=dim,
-            batch_size=batch,
-            dataset_size=size,
-        )
+    temperature = _temperature(knobs, noise_trace, dim=dim, dataset_size=size)
     return Observation(
         epoch=epoch,
         clock=horizon.clock(batch),

@@ -147,6 +147,9 @@ class RegimeDecision:
     settled: StopReason | None
     """Why nothing is left to gain from cooling (thermalized and at the coldest setting, or
     cooling not worth it), or ``None``."""
+    observation: Observation | None = None
+    """The observation the decision read, where it differs from the one given: in the trapped
+    phase, its temperature from the last good estimate's noise (:func:`choose`)."""
 
 
 def choose(
@@ -173,6 +176,14 @@ def choose(
     :func:`~kramers_callback.controller.decide`.
     """
     trapped = target is not None and target.now is not None
+    given = observation
+    good = observation.last_good
+    if trapped and good is not None and observation.noise_source != "estimate":
+        # The target is the estimate's (its pathways, carried to the knobs), so the temperature
+        # it is compared with is too: between estimates the running noise can read ×100 off at
+        # a large B (an epoch then holds one or two two-batch pairs), and a move by T*/T would
+        # chase that noise by up to max_change each epoch (docs/theory.md section 4.3).
+        observation = observation.with_noise(good.noise_trace, "last_estimate")
     phase = classify_phase(trapped=trapped, thermalized=equilibrium.thermalized)
     coldest = coldest_temperature(observation, rule=rule, limits=limits)
     value = cooling_value(
@@ -187,7 +198,8 @@ def choose(
         settled = StopReason.COLDEST_SETTING if value.at_coldest else StopReason.COOLING_NOT_WORTH
 
     def regime(record: DecisionRecord) -> RegimeDecision:
-        return RegimeDecision(record, phase, equilibrium, value, coldest, settled)
+        used = None if observation is given else observation
+        return RegimeDecision(record, phase, equilibrium, value, coldest, settled, used)
 
     now = target.now if target is not None else None
     critical = math.nan if now is None else now.critical_temperature
@@ -216,21 +228,13 @@ def choose(
         )
     else:
         goal, why = math.nan, f"descending: hold ({equilibrium.reason})"
-    good = observation.last_good
     knobs = observation.knobs
-    noise_trace = observation.noise_trace
-    if trapped and good is not None:
-        # The target is the estimate's (its pathways, carried to the knobs), so the temperature
-        # it is compared with is too: between estimates the running noise can read ×100 off at
-        # a large B (an epoch then holds one or two two-batch pairs), and a move by T*/T would
-        # chase that noise by max_change each epoch (docs/theory.md section 4.3).
-        noise_trace = good.noise_trace
     decision = decide(
         rule,
         target_temperature=goal,
         lr=knobs.lr,
         batch_size=knobs.batch_size,
-        noise_trace=noise_trace,
+        noise_trace=observation.noise_trace,
         dim=observation.dim,
         # Without a curvature estimate no stability limit is known; cooling only lowers η.
         lambda_max=good.lambda_max if good is not None else 0.0,

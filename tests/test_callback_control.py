@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import logging
 import math
@@ -93,14 +94,23 @@ def test_two_runs_from_one_seed_decide_alike_and_deferrals_are_logged(caplog):
         fit_well(cb, epochs=6)
         return cb
 
-    with caplog.at_level(logging.INFO):
-        first = run()
-    deferred = [r.getMessage() for r in caplog.records if "deferred" in r.getMessage()]
-    second = run()
+    # The budget spaces estimates by measured time: a garbage-collection pass of the whole
+    # suite's heap inside one run's estimate (seen: 3.7 times the training time so far) would
+    # defer that run's next estimates and not the other's.
+    gc.collect()
+    gc.disable()
+    try:
+        with caplog.at_level(logging.INFO):
+            first = run()
+        deferred = [r.getMessage() for r in caplog.records if "deferred" in r.getMessage()]
+        second = run()
+    finally:
+        gc.enable()
     assert decisions(first) == decisions(second)
     kinds = [h["estimate"] for h in first.history]
     assert "deferred" in kinds and "ok" in kinds
-    # Between estimates the running two-batch noise estimate keeps the temperature current.
+    # Between estimates the running two-batch noise estimate keeps the temperature current
+    # (outside the trapped phase, which compares its target with the estimate's own noise).
     between = [h for h in first.history if h["estimate"] == "deferred"]
     assert all(h["noise_source"] == "running" and h["temperature"] > 0 for h in between)
     assert len(deferred) == kinds.count("deferred")

@@ -493,6 +493,10 @@ def test_the_trapped_move_compares_the_target_with_the_estimates_own_temperature
             factor=COOLING_FACTOR,
         )
         assert regime.phase is Phase.TRAPPED
+        # What the decision read, and the callback logs: the estimate's noise at the knobs.
+        used = regime.observation
+        assert used is not None and used.noise_source == "last_estimate"
+        assert used.temperature == pytest.approx(temperature)
         return regime.record.decision, target.now
 
     (low, low_target), (high, high_target) = decided(noise / 100), decided(noise * 100)
