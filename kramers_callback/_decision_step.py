@@ -108,11 +108,11 @@ class DecisionStep:
         self.dim = dim
 
     def note_epoch_knobs(self, knobs: Knobs) -> None:
-        """At the epoch's first training batch: the knobs it trains at, once every epoch-start
-        hook (a GradientAccumulationScheduler's, the module's) has run and before a scheduler
-        steps at its last batch; kept until :meth:`add_epoch`."""
-        if self.epoch_knobs is None:
-            self.epoch_knobs = knobs
+        """At the epoch's first training batch (while :attr:`epoch_knobs` is ``None``): the
+        knobs it trains at, once every epoch-start hook (a GradientAccumulationScheduler's, the
+        module's) has run and before a scheduler steps at its last batch; kept until
+        :meth:`add_epoch`."""
+        self.epoch_knobs = knobs
 
     def add_epoch(self, fresh: EstimateSummary | None, statistics: EpochStatistics) -> None:
         """Add the epoch's loss blocks, with its running noise, to the dwell (a new dwell where

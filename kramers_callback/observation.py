@@ -30,6 +30,7 @@ __all__ = [
     "epochs_left",
     "observe",
     "sampling_size",
+    "temperature_at",
     "usable_running_noise",
 ]
 
@@ -349,7 +350,7 @@ class Observation:
 
     def with_noise(self, noise_trace: float, source: str) -> Observation:
         """This observation with its temperature taken at ``noise_trace``, named ``source``."""
-        temperature = _temperature(
+        temperature = temperature_at(
             self.knobs, noise_trace, dim=self.dim, dataset_size=self.dataset_size
         )
         return replace(self, noise_trace=noise_trace, noise_source=source, temperature=temperature)
@@ -414,8 +415,12 @@ def sampling_size(dataset_size: int | None, batch_size: int) -> int | None:
     return None
 
 
-def _temperature(knobs: Knobs, noise_trace: float, *, dim: int, dataset_size: int | None) -> float:
-    """The isotropic ``T`` at ``knobs`` and ``noise_trace`` (``nan`` without a usable noise)."""
+def temperature_at(
+    knobs: Knobs, noise_trace: float, *, dim: int, dataset_size: int | None
+) -> float:
+    """The isotropic ``T`` at ``knobs`` and ``noise_trace``, with the finite-population factor
+    of ``dataset_size`` where it applies (:func:`sampling_size`); ``nan`` without a usable
+    noise. Cost: ``O(1)``."""
     if not (all_finite(noise_trace) and noise_trace >= 0):
         return math.nan
     return isotropic_temperature(
@@ -423,7 +428,7 @@ def _temperature(knobs: Knobs, noise_trace: float, *, dim: int, dataset_size: in
         noise_trace=noise_trace,
         dim=dim,
         batch_size=knobs.batch_size,
-        dataset_size=dataset_size,
+        dataset_size=sampling_size(dataset_size, knobs.batch_size),
     )
 
 
@@ -470,7 +475,7 @@ def observe(
         noise_trace, source = last_good.noise_trace, "last_estimate"
     else:
         noise_trace, source = math.nan, "none"
-    temperature = _temperature(knobs, noise_trace, dim=dim, dataset_size=size)
+    temperature = temperature_at(knobs, noise_trace, dim=dim, dataset_size=size)
     return Observation(
         epoch=epoch,
         clock=horizon.clock(batch),

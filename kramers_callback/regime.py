@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kramers_callback._validation import check_non_negative
 from kramers_callback.controller import decide
 from kramers_callback.limits import ControlLimits
-from kramers_callback.noise.temperature import effective_lr, isotropic_temperature
-from kramers_callback.observation import DecisionRecord, Observation, sampling_size
+from kramers_callback.observation import DecisionRecord, Observation, temperature_at
 from kramers_callback.policies import PolicyRule
 from kramers_callback.signals.equilibrium import EquilibriumReading
 from kramers_callback.signals.kramers_target import KramersTarget
@@ -124,14 +123,11 @@ def coldest_temperature(
     # Never warmer than now: a bound above the current knob (lr_min > η) is not a cooling.
     lr = min(limits.lr_min, knobs.lr) if rule.owns_lr else knobs.lr
     batch = max(limits.batch_max, knobs.batch_size) if rule.owns_batch else knobs.batch_size
-    if not (math.isfinite(observation.noise_trace) and observation.noise_trace >= 0):
-        return math.nan
-    return isotropic_temperature(
-        lr=effective_lr(lr=lr, momentum=knobs.momentum),
-        noise_trace=observation.noise_trace,
+    return temperature_at(
+        replace(knobs, lr=lr, batch_size=batch),
+        observation.noise_trace,
         dim=observation.dim,
-        batch_size=batch,
-        dataset_size=sampling_size(observation.dataset_size, batch),
+        dataset_size=observation.dataset_size,
     )
 
 

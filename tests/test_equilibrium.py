@@ -23,11 +23,13 @@ from kramers_callback._arguments import CallbackArguments
 from kramers_callback._decision_step import DecisionStep
 from kramers_callback._loss_blocks import Dwell, LossBlocks
 from kramers_callback._step_statistics import EpochStatistics
+from kramers_callback.limits import control_limits
 from kramers_callback.noise.floor import COOLING_FACTOR, cooling_factor, cooling_gain, noise_floor
+from kramers_callback.noise.temperature import isotropic_temperature
 from kramers_callback.observation import EstimateSummary, Horizon, Knobs, RunningNoise, observe
 from kramers_callback.policies import policy_rule
-from kramers_callback.regime import Phase, classify_phase, cooling_value
-from kramers_callback.signals import EquilibriumSignal
+from kramers_callback.regime import Phase, choose, classify_phase, cooling_value
+from kramers_callback.signals import EquilibriumSignal, KramersTargetSignal
 from kramers_callback.signals.equilibrium import LossBlock, equilibrium_test, loss_trend
 
 
@@ -439,11 +441,6 @@ def test_the_trapped_move_compares_the_target_with_the_estimates_own_temperature
     """Between estimates the running noise may read far off (a few two-batch pairs an epoch at a
     large B). The annealing target comes from the last estimate's pathways, so the batch policy's
     move must not depend on that reading: the same B for a running noise ×100 or ÷100."""
-    from kramers_callback.limits import control_limits
-    from kramers_callback.noise.temperature import isotropic_temperature
-    from kramers_callback.regime import choose
-    from kramers_callback.signals import KramersTargetSignal
-
     noise, dim, batch, size = 400.0, 10, 64, 4000
     temperature = isotropic_temperature(
         lr=0.05, noise_trace=noise, dim=dim, batch_size=batch, dataset_size=size

@@ -18,8 +18,8 @@ from kramers_callback.kramers import (
     attempt_frequency,
     critical_temperature_scale,
 )
-from kramers_callback.noise.temperature import effective_lr, isotropic_temperature
-from kramers_callback.observation import Observation
+from kramers_callback.noise.temperature import effective_lr
+from kramers_callback.observation import Knobs, Observation, temperature_at
 
 __all__ = ["KramersTarget", "KramersTargetSignal", "Target", "annealing_target"]
 
@@ -151,12 +151,11 @@ class KramersTargetSignal:
 
         def target(lr: float, batch: int) -> Target | None:
             lr_eff = effective_lr(lr=lr, momentum=momentum)
-            temperature = isotropic_temperature(
-                lr=lr_eff,
-                noise_trace=noise_trace,
+            temperature = temperature_at(
+                Knobs(lr, batch, momentum=momentum),
+                noise_trace,
                 dim=good.dim,
-                batch_size=batch,
-                dataset_size=dataset_size if dataset_size and batch <= dataset_size else None,
+                dataset_size=dataset_size,
             )
             if not (temperature > 0 and good.temperature > 0):
                 return None
