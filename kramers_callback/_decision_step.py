@@ -28,7 +28,6 @@ from kramers_callback.observation import (
     Knobs,
     Observation,
     observe,
-    usable_running_noise,
 )
 from kramers_callback.policies import PolicyRule
 from kramers_callback.regime import Phase, RegimeDecision, choose
@@ -126,7 +125,7 @@ class DecisionStep:
                 self.dwell.reset()
             self.dwell_knobs = trained
         self.epoch_knobs = None
-        noise = usable_running_noise(statistics.running, loss_finite=statistics.loss_finite)
+        noise = statistics.running.noise_trace
         self.dwell.extend(replace(b, noise_trace=noise) for b in statistics.loss_blocks)
         if fresh is not None and fresh.ok:
             self.last_good = fresh

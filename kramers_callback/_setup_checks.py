@@ -1,8 +1,9 @@
 """The setups ``KramersCallback`` refuses, each with a message that says what to change.
 
 Lightning glue: every ``check_*`` function raises ``MisconfigurationException`` for one
-unsupported setup and returns otherwise, but :func:`check_monitor`, which runs during training
-and raises or warns as EarlyStopping's ``strict`` does.
+unsupported setup and returns otherwise, but :func:`check_monitor` (run during training by
+:class:`MonitorCheck`), which raises or warns as EarlyStopping's ``strict`` does. The one setup
+that is supported but approximated gets :func:`adaptive_warning`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.model_helpers import is_overridden
@@ -23,6 +25,8 @@ from kramers_callback.estimate import check_top_k, noise_estimator_for
 from kramers_callback.policies import PolicyRule
 
 __all__ = [
+    "MonitorCheck",
+    "adaptive_warning",
     "check_accumulation_owner",
     "check_fit_loop",
     "check_monitor",
@@ -87,6 +91,15 @@ def check_optimizer(trainer: pl.Trainer) -> str:
             f"NAdam, RAdam), got {type(optimizer).__name__}."
         )
     return kind
+
+
+def adaptive_warning(optimizer: torch.optim.Optimizer) -> str:
+    """The warning for an Adam-family optimizer: outside the SGD theory, approximated."""
+    return (
+        f"KramersCallback: {type(optimizer).__name__} is outside the seed's SGD theory; "
+        "estimates use the diagonal-preconditioner approximation P = 1/(sqrt(v̂)+ε) from the "
+        "optimizer's exp_avg_sq (docs/theory.md)."
+    )
 
 
 def check_schedule(trainer: pl.Trainer, rule: PolicyRule) -> None:
@@ -189,3 +202,28 @@ def check_monitor(
         raise RuntimeError(message + "; strict=False only warns.")
     rank_zero_warn(message + "; until it appears the stop rule runs without it. Warned once.")
     return True
+
+
+class MonitorCheck:
+    """The stop rule's ``monitor``: its value at an epoch end, and :func:`check_monitor` until
+    it has warned once (a fit's state: a new fit starts with a new instance)."""
+
+    def __init__(self, monitor: str | None, *, strict: bool) -> None:
+        self.monitor = monitor
+        self.strict = strict
+        self.warned = False
+
+    def check(self, trainer: pl.Trainer, where: str) -> None:
+        if not self.warned:
+            self.warned = check_monitor(
+                self.monitor, trainer.callback_metrics, strict=self.strict, where=where
+            )
+
+    def value(self, trainer: pl.Trainer) -> float | None:
+        """The monitored value now, or ``None`` (checked here where no validation runs)."""
+        if self.monitor is None:
+            return None
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None and not validates(trainer):
+            self.check(trainer, "training epoch")
+        return None if value is None else float(value)

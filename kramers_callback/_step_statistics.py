@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,10 @@ from kramers_callback._loss_blocks import LossBlocks
 from kramers_callback._probe import batch_size_of
 from kramers_callback._validation import all_finite
 from kramers_callback.noise.running import RunningNoiseEstimator
-from kramers_callback.observation import LossBlock, RunningNoise
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+from kramers_callback.observation import Horizon, LossBlock, RunningNoise, usable_running_noise
 
 __all__ = ["EpochStatistics", "StepStatistics"]
 
@@ -33,6 +36,8 @@ class EpochStatistics:
     """One epoch's training steps as the decision reads them, every rank's combined."""
 
     running: RunningNoise
+    """The running noise, its ``tr Σ₁`` ``nan`` where a decision may not use it
+    (:func:`~kramers_callback.observation.usable_running_noise`)."""
     loss_finite: bool
     """Whether every training loss of the epoch was finite, on every rank."""
     loss_blocks: tuple[LossBlock, ...]
@@ -178,20 +183,33 @@ class StepStatistics:
             scale = None if p is None else p.sqrt()
         running.update(optim_io.flat_gradient(self.params, scale), samples)
 
+    def horizon(self, trainer: pl.Trainer) -> Horizon:
+        """The budget left after this epoch (:meth:`Horizon.of_run`), from the samples seen and
+        the Trainer's ``max_epochs`` and ``max_steps``."""
+        return Horizon.of_run(
+            samples_seen=self.samples_seen,
+            samples_per_epoch=self.samples_per_epoch,
+            epoch=trainer.current_epoch,
+            max_epochs=trainer.max_epochs,
+            global_step=trainer.global_step,
+            max_steps=trainer.max_steps,
+        )
+
     def read_epoch(self, *, mean: Callable[[Tensor], Tensor]) -> EpochStatistics:
         """The epoch's statistics, and a fresh start for the running estimate. ``mean``
         averages a tensor over the ranks: one synchronisation, whose non-finite result on any
         rank's loss is every rank's."""
         assert self.running is not None
+        blocks = tuple(self.blocks.read(mean))
+        loss_finite = all_finite(*(b.mean for b in blocks))
         running = RunningNoise()
         if self.running.update_called:
             values = self.running.compute()
             running = RunningNoise(
-                noise_trace=float(values["noise_trace"]),
+                noise_trace=usable_running_noise(
+                    float(values["noise_trace"]), loss_finite=loss_finite
+                ),
                 noise_scale=float(values["noise_scale"]),
             )
         self.running.reset()
-        blocks = tuple(self.blocks.read(mean))
-        return EpochStatistics(
-            running, loss_finite=all_finite(*(b.mean for b in blocks)), loss_blocks=blocks
-        )
+        return EpochStatistics(running, loss_finite=loss_finite, loss_blocks=blocks)

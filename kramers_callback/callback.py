@@ -34,7 +34,7 @@ from kramers_callback._probe import LossFn
 from kramers_callback._step_statistics import EpochStatistics, StepStatistics
 from kramers_callback.estimate import KramersEstimate
 from kramers_callback.metrics import METRICS, epoch_metrics, history_entry, publish
-from kramers_callback.observation import EstimateSummary, Horizon, Knobs, Observation
+from kramers_callback.observation import EstimateSummary, Knobs, Observation
 from kramers_callback.policies import policy_rule
 from kramers_callback.regime import RegimeDecision
 from kramers_callback.report_loggers import log_report_figure
@@ -195,7 +195,7 @@ class KramersCallback(Callback):
         self._decision = DecisionStep(self._arguments, self._rule)
         self._adaptive = False
         self._adaptive_warned = False
-        self._monitor_warned = False
+        self._monitor = checks.MonitorCheck(self.monitor, strict=self.strict)
 
     @property
     def termination(self) -> TerminationRule:
@@ -255,11 +255,7 @@ class KramersCallback(Callback):
         kind = checks.check_optimizer(trainer)
         self._adaptive = kind == optim_io.ADAPTIVE
         if self._adaptive and not self._adaptive_warned:
-            rank_zero_warn(
-                f"KramersCallback: {type(trainer.optimizers[0]).__name__} is outside the seed's "
-                "SGD theory; estimates use the diagonal-preconditioner approximation "
-                "P = 1/(sqrt(v̂)+ε) from the optimizer's exp_avg_sq (docs/theory.md)."
-            )
+            rank_zero_warn(checks.adaptive_warning(trainer.optimizers[0]))
             self._adaptive_warned = True
         checks.check_schedule(trainer, self._rule)
         self._batches.restore(trainer, pl_module)
@@ -300,7 +296,7 @@ class KramersCallback(Callback):
         if trainer.sanity_checking:
             return
         self._estimates.end_validation()
-        self._check_monitor(trainer, "validation")
+        self._monitor.check(trainer, "validation")
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -355,21 +351,13 @@ class KramersCallback(Callback):
         """Observe → signals → policy → actuators → stop rule → metrics and history."""
         steps, batches = self._steps, self._batches
         assert batches.layout is not None
-        epoch = trainer.current_epoch
         observation = self._decision.observe(
-            epoch=epoch,
-            horizon=Horizon.of_run(
-                samples_seen=steps.samples_seen,
-                samples_per_epoch=steps.samples_per_epoch,
-                epoch=epoch,
-                max_epochs=trainer.max_epochs,
-                global_step=trainer.global_step,
-                max_steps=trainer.max_steps,
-            ),
+            epoch=trainer.current_epoch,
+            horizon=steps.horizon(trainer),
             knobs=knobs,
             fresh=fresh,
             statistics=statistics,
-            monitor=self._monitor_value(trainer),
+            monitor=self._monitor.value(trainer),
         )
         limits = self._decision.limits(
             knobs,
@@ -386,23 +374,12 @@ class KramersCallback(Callback):
         stop = self._stop(trainer, observation, regime)
         self._decision.note_applied(regime)
         lr, batch = optim_io.lr_of(optimizer), layout.samples_per_step
-        budget = self.budget
-        metrics = epoch_metrics(
-            observation,
-            regime,
-            lr=lr,
-            batch_size=batch,
-            estimate_work=budget.estimate_work,
-            overhead=budget.overhead,
-            estimates_deferred=budget.num_deferred,
-        )
+        metrics = epoch_metrics(observation, regime, lr=lr, batch_size=batch, budget=self.budget)
         publish(trainer, metrics)
         entry = history_entry(
             observation,
             regime,
             step=trainer.global_step,
-            estimate="deferred" if fresh is None else fresh.status,
-            lr_before=knobs.lr / knobs.damping,
             lr=lr,
             batch_size=batch,
             stop=stop,
@@ -423,30 +400,10 @@ class KramersCallback(Callback):
                 rank_zero_info(self.termination.message)
         return bool(stop)
 
-    def _monitor_value(self, trainer: pl.Trainer) -> float | None:
-        if self.monitor is None:
-            return None
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None and not checks.validates(trainer):
-            self._check_monitor(trainer, "training epoch")
-        return None if value is None else float(value)
-
-    def _check_monitor(self, trainer: pl.Trainer, where: str) -> None:
-        if not self._monitor_warned:
-            self._monitor_warned = checks.check_monitor(
-                self.monitor, trainer.callback_metrics, strict=self.strict, where=where
-            )
-
     def _log_report(self, trainer: pl.Trainer) -> None:
-        log_report_figure(
-            trainer,
-            self.history,
-            stop_reason=self.stop_reason.value,
-            config={
-                "trainer": {"max_epochs": trainer.max_epochs},
-                "kramers": {"compute_cost": self.compute_cost},
-            },
-        )
+        run, kramers = {"max_epochs": trainer.max_epochs}, {"compute_cost": self.compute_cost}
+        config = {"trainer": run, "kramers": kramers}
+        log_report_figure(trainer, self.history, stop_reason=self.stop_reason.value, config=config)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
@@ -459,8 +416,9 @@ class KramersCallback(Callback):
                     "noise was used."
                 )
         finally:
-            # Ranks leave the fit together (also when rank 0's report fails): under ddp_spawn
-            # on gloo, a fit whose callbacks made collectives at epoch end (ours, or Lightning's
-            # reduce_boolean_decision alone) aborted rank 1 at exit in 3 of 12 and 4 of 10
-            # fits (SIGABRT); none of 15 and 10 with this barrier.
+            # Rank 0 alone draws the report: the other ranks wait for it (also when it fails),
+            # as Trainer.save_checkpoint waits for rank 0's write, so that no rank tears its
+            # process group down while rank 0 works. Without this wait, rank 1 aborted at exit
+            # (SIGABRT, gloo) in 7 of 22 ddp_spawn fits on one machine (none of 25 with it),
+            # though in none of 24 on another.
             trainer.strategy.barrier("KramersCallback.on_fit_end")

@@ -13,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from kramers_callback._budget import OverheadBudget
 from kramers_callback.observation import Observation
 from kramers_callback.regime import RegimeDecision
 
@@ -65,13 +66,11 @@ def epoch_metrics(
     *,
     lr: float,
     batch_size: int,
-    estimate_work: float,
-    overhead: float,
-    estimates_deferred: int,
+    budget: OverheadBudget,
 ) -> dict[str, float]:
     """The metrics of one epoch end: the decision's own, the fresh estimate's numbers where
     one was measured (NaN for :data:`ESTIMATE_METRICS` where it failed, or the training loss
-    was not finite), and the overhead budget's counters. ``lr`` and ``batch_size`` are the
+    was not finite), and ``budget``'s counters. ``lr`` and ``batch_size`` are the
     settings after the decision. ``kramers/phase`` is the
     :class:`~kramers_callback.regime.Phase` value: 0 descending, 1 thermalized, 2 trapped.
     Cost: O(number of metrics)."""
@@ -107,13 +106,13 @@ def epoch_metrics(
                 # Only the solvers that decisions use; the trace is flagged on its own.
                 "kramers/converged": float(not fresh.failed_solvers),
                 "kramers/trace_converged": float(fresh.converged.get("trace", True)),
-                "kramers/estimate_work": float(estimate_work),
+                "kramers/estimate_work": float(budget.estimate_work),
             }
         )
     elif fresh is not None or not observation.loss_finite:
         metrics.update(dict.fromkeys(ESTIMATE_METRICS, math.nan))
-    metrics["kramers/overhead"] = overhead
-    metrics["kramers/estimates_deferred"] = float(estimates_deferred)
+    metrics["kramers/overhead"] = budget.overhead
+    metrics["kramers/estimates_deferred"] = float(budget.num_deferred)
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -122,25 +121,26 @@ def history_entry(
     regime: RegimeDecision,
     *,
     step: int,
-    estimate: str,
-    lr_before: float,
     lr: float,
     batch_size: int,
     stop: bool,
     metrics: dict[str, float],
 ) -> dict[str, Any]:
     """One entry of ``KramersCallback.history``: plain Python values (checkpointable).
-    ``limited_by`` is present where a policy decided."""
+    ``lr`` and ``batch_size`` are the settings after the decision, ``lr_before`` and
+    ``batch_before`` the optimizer's before it; ``limited_by`` is present where a policy
+    decided."""
     record = regime.record
     clock = observation.clock
+    knobs, fresh = observation.knobs, observation.fresh
     entry: dict[str, Any] = {
         "epoch": observation.epoch,
         "step": step,
-        "estimate": estimate,
+        "estimate": "deferred" if fresh is None else fresh.status,
         "temperature": observation.temperature,
         "noise_source": observation.noise_source,
-        "lr_before": lr_before,
-        "batch_before": observation.knobs.batch_size,
+        "lr_before": knobs.lr / knobs.damping,
+        "batch_before": knobs.batch_size,
         "remaining_steps": clock.remaining,
         "horizon": clock.horizon,
     }

@@ -273,7 +273,8 @@ def epochs_left(epoch: int, max_epochs: int | None) -> float:
 class RunningNoise:
     """One epoch's running two-batch noise
     (:class:`~kramers_callback.noise.running.RunningNoiseEstimator`); ``nan`` where no window
-    was sampled."""
+    was sampled, and ``noise_trace`` ``nan`` where a decision may not use it
+    (:func:`usable_running_noise`, applied once, where the epoch's statistics are read)."""
 
     noise_trace: float = math.nan
     noise_scale: float = math.nan
@@ -432,11 +433,11 @@ def temperature_at(
     )
 
 
-def usable_running_noise(running: RunningNoise, *, loss_finite: bool) -> float:
-    """The epoch's running ``tr Σ₁`` where a decision may use it, else ``nan``."""
+def usable_running_noise(noise_trace: float, *, loss_finite: bool) -> float:
+    """An epoch's running ``tr Σ₁`` where a decision may use it, else ``nan``."""
     # After a NaN loss older numbers would read as current: no running noise then.
-    noise = running.noise_trace
-    return noise if loss_finite and all_finite(noise) and noise > 0 else math.nan
+    ok = loss_finite and all_finite(noise_trace) and noise_trace > 0
+    return noise_trace if ok else math.nan
 
 
 def observe(
@@ -464,7 +465,7 @@ def observe(
     Cost: O(1)."""
     batch = knobs.batch_size
     size = sampling_size(dataset_size, batch)
-    running_noise = usable_running_noise(running, loss_finite=loss_finite)
+    running_noise = running.noise_trace
     if fresh is not None and fresh.ok:
         noise_trace, source = fresh.noise_trace, "estimate"
     elif not loss_finite:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from kramers_callback._step_statistics import StepStatistics
 from kramers_callback.examples._sampler import EpochSeededSampler
 from kramers_callback.examples.double_well import (
     MINIMUM_X,
@@ -102,6 +103,8 @@ class TinyClassifier(pl.LightningModule):
         scheduler: add a StepLR.
         manual: manual optimization (refused).
         nan_at_step: make the training loss NaN at this global step (a fault).
+        nan_rank: only on this rank, and only the loss the callback reads: NaN is added as a
+            constant, so the gradient (and every rank's parameters) stays finite.
     """
 
     def __init__(
@@ -112,12 +115,13 @@ class TinyClassifier(pl.LightningModule):
         scheduler: bool = False,
         manual: bool = False,
         nan_at_step: int | None = None,
+        nan_rank: int | None = None,
         per_sample: bool = True,
     ) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
         self.lr, self.momentum, self.optimizer_name = lr, momentum, optimizer
-        self.scheduler, self.nan_at_step = scheduler, nan_at_step
+        self.scheduler, self.nan_at_step, self.nan_rank = scheduler, nan_at_step, nan_rank
         self.automatic_optimization = not manual
         if not per_sample:
             self.per_sample_loss = None  # type: ignore[assignment]
@@ -130,7 +134,10 @@ class TinyClassifier(pl.LightningModule):
         x, y = batch
         loss = F.cross_entropy(self.net(x), y)
         if self.nan_at_step is not None and self.global_step == self.nan_at_step:
-            loss = loss * float("nan")
+            if self.nan_rank is None:
+                loss = loss * float("nan")
+            elif self.global_rank == self.nan_rank:
+                loss = loss + float("nan")
         if not self.automatic_optimization:
             opt = self.optimizers()
             opt.zero_grad()
@@ -185,6 +192,22 @@ def trainer(**kwargs: Any) -> pl.Trainer:
     return pl.Trainer(**options)
 
 
+def started_step_statistics(
+    param: nn.Parameter, *, dataset_size: int, num_batches: int, noise_stride: int
+) -> StepStatistics:
+    """Step statistics of one CPU process over ``param``, set up as at a fit's start."""
+    steps = StepStatistics(noise_window=2, noise_stride=noise_stride)
+    steps.start_fit(
+        dataset_size=dataset_size,
+        world_size=1,
+        params=[param],
+        adaptive=False,
+        num_batches=num_batches,
+        device=torch.device("cpu"),
+    )
+    return steps
+
+
 def flat_parameters(module: nn.Module) -> Tensor:
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
 
@@ -222,6 +245,7 @@ class DumpHistory(pl.Callback):
                 "eigenvalues": est.eigenvalues,
             },
             "lr": [g["lr"] for g in trainer.optimizers[0].param_groups],
+            "stop_reason": kramers.stop_reason.value,
             "params": flat_parameters(pl_module).tolist(),
         }
         path = os.path.join(self.directory, f"rank{trainer.global_rank}.json")

@@ -3,28 +3,50 @@
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
-from lightning_helpers import WELL, DoubleWellDataModule, DoubleWellModule, DumpHistory, trainer
+from lightning_helpers import (
+    FAST,
+    WELL,
+    BlobsData,
+    DoubleWellDataModule,
+    DoubleWellModule,
+    DumpHistory,
+    TinyClassifier,
+    trainer,
+)
 
 from kramers_callback.callback import KramersCallback
 
 
-@pytest.mark.ddp
-@pytest.mark.slow
-def test_two_gloo_ranks_hold_identical_estimates_and_decisions(tmp_path):
-    pl.seed_everything(0)
-    cb = KramersCallback("hybrid", **WELL)
+def _fit_on_two_ranks(
+    tmp_path: Any, cb: KramersCallback, module: pl.LightningModule, data: Any
+) -> list[dict[str, Any]]:
+    """Fit 4 epochs under ``ddp_spawn`` on 2 CPU ranks; return each rank's dump."""
     t = trainer(
         callbacks=[cb, DumpHistory(str(tmp_path))],
         max_epochs=4,
         strategy="ddp_spawn",
         devices=2,
     )
+    t.fit(module, datamodule=data)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_two_gloo_ranks_hold_identical_estimates_and_decisions(tmp_path):
     # 8 samples per rank and step: B = 16 as in the single-process tests.
-    t.fit(DoubleWellModule(lr=0.05), datamodule=DoubleWellDataModule(num_samples=800, batch_size=8))
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    pl.seed_everything(0)
+    ranks = _fit_on_two_ranks(
+        tmp_path,
+        KramersCallback("hybrid", **WELL),
+        DoubleWellModule(lr=0.05),
+        DoubleWellDataModule(num_samples=800, batch_size=8),
+    )
     history = ranks[0]["history"]
     assert len(history) == 4 and all(h["estimate"] == "ok" for h in history)
     assert history[0]["batch_before"] == 16  # loader batch 8 × 2 ranks
@@ -32,3 +54,24 @@ def test_two_gloo_ranks_hold_identical_estimates_and_decisions(tmp_path):
     for key in ("history", "estimate", "lr", "params"):
         first, second = (json.dumps(rank[key], sort_keys=True) for rank in ranks)
         assert first == second, key
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_stops_every_rank_through_the_strategys_reduce(tmp_path):
+    # Rank 1 alone reads a NaN training loss at step 8 (epoch 1; 6 steps an epoch); its
+    # gradient, and so every rank's parameters, stay finite. Rank 0 learns of the NaN only
+    # through the block sums that strategy.reduce averaged at the epoch end.
+    pl.seed_everything(0)
+    ranks = _fit_on_two_ranks(
+        tmp_path,
+        KramersCallback("lr", **FAST),
+        TinyClassifier(nan_at_step=8, nan_rank=1),
+        BlobsData(batch_size=16),
+    )
+    for rank in ranks:
+        assert rank["stop_reason"] == "non_finite_loss"
+        assert len(rank["history"]) == 2  # stopped at the end of the epoch with the NaN
+        assert all(math.isfinite(p) for p in rank["params"])
+    first, second = (json.dumps(rank["history"], sort_keys=True) for rank in ranks)
+    assert first == second

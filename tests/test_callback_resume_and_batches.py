@@ -19,6 +19,7 @@ from lightning_helpers import (
     StopAfter,
     decisions,
     flat_parameters,
+    started_step_statistics,
     trainer,
 )
 from pytorch_lightning.callbacks import GradientAccumulationScheduler, ModelCheckpoint
@@ -30,7 +31,6 @@ from kramers_callback._batch_size import (
     max_loader_batch,
     num_loader_batches,
 )
-from kramers_callback._step_statistics import StepStatistics
 from kramers_callback.callback import KramersCallback
 from kramers_callback.examples._sampler import EpochSeededSampler
 
@@ -363,15 +363,7 @@ def _noise_after_steps(first_step: int, last_step: int) -> tuple[float, float]:
     statistics whose epoch starts at ``first_step``, as after a resume there; return the
     running estimate's pair count and ``tr Σ₁``."""
     param = torch.nn.Parameter(torch.zeros(3))
-    stats = StepStatistics(noise_window=2, noise_stride=16)
-    stats.start_fit(
-        dataset_size=10_000,
-        world_size=1,
-        params=[param],
-        adaptive=False,
-        num_batches=128,
-        device=torch.device("cpu"),
-    )
+    stats = started_step_statistics(param, dataset_size=10_000, num_batches=128, noise_stride=16)
     stats.epoch_steps = first_step  # what a restored epoch state puts back
     optimizer = torch.optim.SGD([param], lr=0.1)
     for step in range(first_step, last_step + 1):

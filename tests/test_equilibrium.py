@@ -18,15 +18,25 @@ import pytest
 import scipy.linalg
 import scipy.stats
 import torch
+from lightning_helpers import started_step_statistics
+from torch import nn
 
 from kramers_callback._arguments import CallbackArguments
+from kramers_callback._batch_size import BatchLayout, BatchMechanism
 from kramers_callback._decision_step import DecisionStep
 from kramers_callback._loss_blocks import Dwell, LossBlocks
 from kramers_callback._step_statistics import EpochStatistics
 from kramers_callback.limits import control_limits
 from kramers_callback.noise.floor import COOLING_FACTOR, cooling_factor, cooling_gain, noise_floor
 from kramers_callback.noise.temperature import isotropic_temperature
-from kramers_callback.observation import EstimateSummary, Horizon, Knobs, RunningNoise, observe
+from kramers_callback.observation import (
+    EstimateSummary,
+    Horizon,
+    Knobs,
+    RunningNoise,
+    observe,
+    usable_running_noise,
+)
 from kramers_callback.policies import policy_rule
 from kramers_callback.regime import Phase, choose, classify_phase, cooling_value
 from kramers_callback.signals import EquilibriumSignal, KramersTargetSignal
@@ -402,16 +412,34 @@ def test_the_dwell_keeps_each_blocks_noise_through_a_checkpoint_and_reads_old_on
 
 
 def test_the_dwell_tags_each_epochs_blocks_with_its_usable_running_noise():
+    # Through StepStatistics: two optimizer steps a window (per-step gradients ±1 about 0, so
+    # the two-batch noise is positive), then an epoch with one NaN loss, whose noise no
+    # decision may use.
+    param = nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([param], lr=0.1)
+    steps = started_step_statistics(param, dataset_size=64, num_batches=4, noise_stride=1)
+    layout = BatchLayout(BatchMechanism.LOADER, 8, 1, 1, 1)
     step = DecisionStep(CallbackArguments(), policy_rule("lr"))
-    block = LossBlock(mean=0.5, position=8.0, samples=16)
-    for noise, finite in ((3.0, True), (4.0, False), (-1.0, True)):
-        statistics = EpochStatistics(
-            RunningNoise(noise_trace=noise), loss_finite=finite, loss_blocks=(block, block)
-        )
+    noises = []
+    for nan_at in (None, 2):
+        steps.start_epoch(4, layout, torch.device("cpu"))
+        for i in range(4):
+            steps.count_batch(torch.zeros(8, 1))
+            param.grad = torch.full((3,), (-1.0) ** i)
+            steps.add_loss(torch.tensor(math.nan if i == nan_at else 0.5), i)
+            steps.optimizer_step(opt)
+        statistics = steps.read_epoch(mean=lambda sums: sums)
+        noises.append(statistics.running.noise_trace)
         step.add_epoch(None, statistics)
+    assert noises[0] > 0 and math.isnan(noises[1])
     tags = [b.noise_trace for b in step.dwell.blocks]
-    # A non-finite epoch's noise and a two-batch average at or below zero are not usable.
-    assert tags[:2] == [3.0, 3.0] and all(math.isnan(t) for t in tags[2:])
+    assert tags[:4] == [noises[0]] * 4 and all(math.isnan(t) for t in tags[4:])
+
+
+def test_a_running_noise_is_usable_when_positive_finite_and_from_a_finite_epoch():
+    assert usable_running_noise(3.0, loss_finite=True) == 3.0
+    for noise, finite in ((3.0, False), (0.0, True), (-1.0, True), (math.inf, True)):
+        assert math.isnan(usable_running_noise(noise, loss_finite=finite))
 
 
 def test_knobs_changed_from_outside_the_callback_start_a_new_dwell():
