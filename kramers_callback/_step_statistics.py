@@ -4,7 +4,8 @@ and the running two-batch noise estimate.
 Torch plumbing for the per-step hooks of :class:`~kramers_callback.KramersCallback`, one call
 each: ``O(1)`` per step on the device (no host-device synchronisation), plus ``O(d)`` on the
 steps of a sampled noise window. :meth:`StepStatistics.read_epoch` reads everything once per
-epoch through the reductions the strategy hands in, so this module needs no Trainer.
+epoch through the reductions the strategy hands in, so the statistics need no Trainer;
+:meth:`StepStatistics.horizon` only reads its budget (``max_epochs``, ``max_steps``).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from kramers_callback._loss_blocks import LossBlocks
 from kramers_callback._probe import batch_size_of
 from kramers_callback._validation import all_finite
 from kramers_callback.noise.running import RunningNoiseEstimator
+from kramers_callback.observation import Horizon, LossBlock, RunningNoise, usable_running_noise
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
-from kramers_callback.observation import Horizon, LossBlock, RunningNoise, usable_running_noise
 
 __all__ = ["EpochStatistics", "StepStatistics"]
 

@@ -416,9 +416,9 @@ class KramersCallback(Callback):
                     "noise was used."
                 )
         finally:
-            # Rank 0 alone draws the report: the other ranks wait for it (also when it fails),
-            # as Trainer.save_checkpoint waits for rank 0's write, so that no rank tears its
-            # process group down while rank 0 works. Without this wait, rank 1 aborted at exit
-            # (SIGABRT, gloo) in 7 of 22 ddp_spawn fits on one machine (none of 25 with it),
-            # though in none of 24 on another.
+            # Ranks leave the fit together, also when rank 0's report (drawn on rank 0 alone,
+            # for image loggers) takes time or fails. Under ddp_spawn on gloo, without this
+            # wait, rank 1 aborted at exit (SIGABRT) in 7 of 22 fits on one machine, with no
+            # report drawn (none of 25 with it), and in none of 38 on another: a teardown race
+            # whose cause was not found.
             trainer.strategy.barrier("KramersCallback.on_fit_end")

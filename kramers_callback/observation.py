@@ -343,7 +343,8 @@ class Observation:
     transient from the initialisation."""
     running_noise_trace: float = math.nan
     """The epoch's running two-batch ``tr Σ₁``, an average over the steps it sampled along the
-    trajectory (``nan`` where none was sampled, or after a non-finite training loss)."""
+    trajectory (``nan`` where none was sampled, or where :func:`usable_running_noise` refused
+    it: after a non-finite training loss, or at or below zero)."""
     dwell_knobs: Knobs | None = None
     """The knobs the dwell's blocks were trained at, the equilibrium floor's (``None``:
     :attr:`knobs`). They differ from :attr:`knobs` at the epoch end where a scheduler outside
@@ -462,6 +463,9 @@ def observe(
     else (after a non-finite training loss: none) the running two-batch noise (``running``),
     else the last good estimate's; the temperature
     is :func:`~kramers_callback.noise.temperature.isotropic_temperature` of it at ``knobs``.
+    ``running`` must already be filtered by :func:`usable_running_noise` (its ``noise_trace``
+    ``nan`` where no decision may use it), as
+    :meth:`~kramers_callback._step_statistics.StepStatistics.read_epoch` returns it.
     Cost: O(1)."""
     batch = knobs.batch_size
     size = sampling_size(dataset_size, batch)

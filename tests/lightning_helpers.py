@@ -103,8 +103,8 @@ class TinyClassifier(pl.LightningModule):
         scheduler: add a StepLR.
         manual: manual optimization (refused).
         nan_at_step: make the training loss NaN at this global step (a fault).
-        nan_rank: only on this rank, and only the loss the callback reads: NaN is added as a
-            constant, so the gradient (and every rank's parameters) stays finite.
+        nan_rank: only on this rank, with NaN added as a constant: the loss the callback
+            reads is NaN, but its gradient (and so every rank's parameters) stays finite.
     """
 
     def __init__(

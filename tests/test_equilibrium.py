@@ -411,27 +411,29 @@ def test_the_dwell_keeps_each_blocks_noise_through_a_checkpoint_and_reads_old_on
     assert math.isnan(old.noise_trace)
 
 
-def test_the_dwell_tags_each_epochs_blocks_with_its_usable_running_noise():
-    # Through StepStatistics: two optimizer steps a window (per-step gradients ±1 about 0, so
-    # the two-batch noise is positive), then an epoch with one NaN loss, whose noise no
-    # decision may use.
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_the_dwell_tags_each_epochs_blocks_with_its_usable_running_noise(bad):
+    # Through StepStatistics, two optimizer steps a window. Epoch 1: per-step gradients ±1
+    # about 0, so the two-batch noise is positive. Epoch 2: the same, with one non-finite
+    # loss. Epoch 3: one constant gradient, so the noise is 0. No decision may use the last two.
     param = nn.Parameter(torch.zeros(3))
     opt = torch.optim.SGD([param], lr=0.1)
     steps = started_step_statistics(param, dataset_size=64, num_batches=4, noise_stride=1)
     layout = BatchLayout(BatchMechanism.LOADER, 8, 1, 1, 1)
     step = DecisionStep(CallbackArguments(), policy_rule("lr"))
     noises = []
-    for nan_at in (None, 2):
+    for bad_at, sign in ((None, -1.0), (2, -1.0), (None, 1.0)):
         steps.start_epoch(4, layout, torch.device("cpu"))
         for i in range(4):
             steps.count_batch(torch.zeros(8, 1))
-            param.grad = torch.full((3,), (-1.0) ** i)
-            steps.add_loss(torch.tensor(math.nan if i == nan_at else 0.5), i)
+            param.grad = torch.full((3,), sign**i)
+            steps.add_loss(torch.tensor(bad if i == bad_at else 0.5), i)
             steps.optimizer_step(opt)
         statistics = steps.read_epoch(mean=lambda sums: sums)
+        assert statistics.loss_finite == (bad_at is None)
         noises.append(statistics.running.noise_trace)
         step.add_epoch(None, statistics)
-    assert noises[0] > 0 and math.isnan(noises[1])
+    assert noises[0] > 0 and math.isnan(noises[1]) and math.isnan(noises[2])
     tags = [b.noise_trace for b in step.dwell.blocks]
     assert tags[:4] == [noises[0]] * 4 and all(math.isnan(t) for t in tags[4:])
 
