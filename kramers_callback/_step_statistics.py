@@ -4,15 +4,14 @@ and the running two-batch noise estimate.
 Torch plumbing for the per-step hooks of :class:`~kramers_callback.KramersCallback`, one call
 each: ``O(1)`` per step on the device (no host-device synchronisation), plus ``O(d)`` on the
 steps of a sampled noise window. :meth:`StepStatistics.read_epoch` reads everything once per
-epoch through the reductions the strategy hands in, so the statistics need no Trainer;
-:meth:`StepStatistics.horizon` only reads its budget (``max_epochs``, ``max_steps``).
+epoch through the reductions the strategy hands in, so this module needs no Trainer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,10 +23,7 @@ from kramers_callback._loss_blocks import LossBlocks
 from kramers_callback._probe import batch_size_of
 from kramers_callback._validation import all_finite
 from kramers_callback.noise.running import RunningNoiseEstimator
-from kramers_callback.observation import Horizon, LossBlock, RunningNoise, usable_running_noise
-
-if TYPE_CHECKING:
-    import pytorch_lightning as pl
+from kramers_callback.observation import LossBlock, RunningNoise, usable_running_noise
 
 __all__ = ["EpochStatistics", "StepStatistics"]
 
@@ -183,18 +179,6 @@ class StepStatistics:
             p = optim_io.preconditioner(optimizer, self.params)
             scale = None if p is None else p.sqrt()
         running.update(optim_io.flat_gradient(self.params, scale), samples)
-
-    def horizon(self, trainer: pl.Trainer) -> Horizon:
-        """The budget left after this epoch (:meth:`Horizon.of_run`), from the samples seen and
-        the Trainer's ``max_epochs`` and ``max_steps``."""
-        return Horizon.of_run(
-            samples_seen=self.samples_seen,
-            samples_per_epoch=self.samples_per_epoch,
-            epoch=trainer.current_epoch,
-            max_epochs=trainer.max_epochs,
-            global_step=trainer.global_step,
-            max_steps=trainer.max_steps,
-        )
 
     def read_epoch(self, *, mean: Callable[[Tensor], Tensor]) -> EpochStatistics:
         """The epoch's statistics, and a fresh start for the running estimate. ``mean``

@@ -34,7 +34,7 @@ from kramers_callback._probe import LossFn
 from kramers_callback._step_statistics import EpochStatistics, StepStatistics
 from kramers_callback.estimate import KramersEstimate
 from kramers_callback.metrics import METRICS, epoch_metrics, history_entry, publish
-from kramers_callback.observation import EstimateSummary, Knobs, Observation
+from kramers_callback.observation import EstimateSummary, Horizon, Knobs, Observation
 from kramers_callback.policies import policy_rule
 from kramers_callback.regime import RegimeDecision
 from kramers_callback.report_loggers import log_report_figure
@@ -351,9 +351,17 @@ class KramersCallback(Callback):
         """Observe → signals → policy → actuators → stop rule → metrics and history."""
         steps, batches = self._steps, self._batches
         assert batches.layout is not None
+        epoch = trainer.current_epoch
         observation = self._decision.observe(
-            epoch=trainer.current_epoch,
-            horizon=steps.horizon(trainer),
+            epoch=epoch,
+            horizon=Horizon.of_run(
+                samples_seen=steps.samples_seen,
+                samples_per_epoch=steps.samples_per_epoch,
+                epoch=epoch,
+                max_epochs=trainer.max_epochs,
+                global_step=trainer.global_step,
+                max_steps=trainer.max_steps,
+            ),
             knobs=knobs,
             fresh=fresh,
             statistics=statistics,
@@ -401,9 +409,15 @@ class KramersCallback(Callback):
         return bool(stop)
 
     def _log_report(self, trainer: pl.Trainer) -> None:
-        run, kramers = {"max_epochs": trainer.max_epochs}, {"compute_cost": self.compute_cost}
-        config = {"trainer": run, "kramers": kramers}
-        log_report_figure(trainer, self.history, stop_reason=self.stop_reason.value, config=config)
+        log_report_figure(
+            trainer,
+            self.history,
+            stop_reason=self.stop_reason.value,
+            config={
+                "trainer": {"max_epochs": trainer.max_epochs},
+                "kramers": {"compute_cost": self.compute_cost},
+            },
+        )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
