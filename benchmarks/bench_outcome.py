@@ -18,7 +18,10 @@ over the same epoch budget under
 - ``kramers_hybrid`` and ``kramers_lr``: ``KramersCallback(policy=..., compute_cost=10)``,
   every other argument at its default (:data:`KRAMERS_OPTIONS`);
 - ``kramers_default``: ``KramersCallback()``, every argument at its default (``compute_cost``
-  is 0 there: it never stops, and cools down to the coldest allowed setting).
+  is 0 there: it never stops, and cools down to the coldest allowed setting);
+- ``kramers_lr_monitor`` and ``kramers_hybrid_monitor``: as ``kramers_lr`` and
+  ``kramers_hybrid``, with ``monitor="val_loss"`` and ``cooling_patience=3`` (``plateau``'s
+  patience), so a stalled validation loss also cools (docs/theory.md section 7.7).
 
 Two more problems stand outside the pair the callback was developed on: ``mnist1d_noisy``,
 the MNIST-1D CNN with 20% of its training labels redrawn (:class:`NoisyLabelMNIST1D`: a loss
@@ -93,7 +96,13 @@ from kramers_callback.examples import (
 SCHEDULES = ("constant", "step", "cosine", "plateau", "sasa")
 """The arms that differ only in the module's ``configure_optimizers``."""
 BASELINES = ("constant", "step", "cosine", "early_stop", "plateau", "sasa")
-KRAMERS_ARMS = ("kramers_hybrid", "kramers_lr", "kramers_default")
+KRAMERS_ARMS = (
+    "kramers_hybrid",
+    "kramers_lr",
+    "kramers_default",
+    "kramers_hybrid_monitor",
+    "kramers_lr_monitor",
+)
 METHODS = (*BASELINES, *KRAMERS_ARMS)
 
 KRAMERS_COMPUTE_COST = 10.0
@@ -104,9 +113,23 @@ KRAMERS_OPTIONS: dict[str, dict[str, Any]] = {
     "kramers_hybrid": {"policy": "hybrid", "compute_cost": KRAMERS_COMPUTE_COST},
     "kramers_lr": {"policy": "lr", "compute_cost": KRAMERS_COMPUTE_COST},
     "kramers_default": {},
+    "kramers_hybrid_monitor": {
+        "policy": "hybrid",
+        "compute_cost": KRAMERS_COMPUTE_COST,
+        "monitor": "val_loss",
+        "cooling_patience": 3,
+    },
+    "kramers_lr_monitor": {
+        "policy": "lr",
+        "compute_cost": KRAMERS_COMPUTE_COST,
+        "monitor": "val_loss",
+        "cooling_patience": 3,
+    },
 }
-"""The Kramers arms' callbacks: only ``policy`` and ``compute_cost`` are chosen, everything
-else (overhead budget, probe, limits, ``max_change``, patience, no monitor) is the default."""
+"""The Kramers arms' callbacks: in the first three only ``policy`` and ``compute_cost`` are
+chosen, everything else (overhead budget, probe, limits, ``max_change``, patience, no monitor)
+is the default; the ``_monitor`` arms add the validation loss as ``monitor`` with
+``cooling_patience``."""
 
 SASA_OPTIONS: dict[str, Any] = {
     "drop_factor": 10.0,

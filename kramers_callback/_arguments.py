@@ -51,7 +51,14 @@ REFUSED_CHANGES = {
     "mode": "the stop rule's stored best value was ranked in that mode",
 }
 """Arguments a resume refuses to change, with why (the checkpoint's state depends on them)."""
-APPLIED_CHANGES = ("probe_seed", "top_k", "lr_min", "lr_max", "overhead_budget")
+APPLIED_CHANGES = (
+    "probe_seed",
+    "top_k",
+    "lr_min",
+    "lr_max",
+    "overhead_budget",
+    "cooling_patience",
+)
 """Arguments (with ``policy``) whose change on a resume applies from the resume on."""
 
 
@@ -76,6 +83,7 @@ class CallbackArguments:
     min_epochs: int = 0
     patience: int = 1
     monitor: str | None = None
+    cooling_patience: int | None = None
     min_delta: float = 0.0
     mode: str = "min"
     lr_min: float | None = None
@@ -135,6 +143,13 @@ class CallbackArguments:
         monitor = self.monitor
         if monitor is not None and not isinstance(monitor, str):
             raise ValueError(f"monitor must be a metric name (str) or None, got {monitor!r}")
+        if self.cooling_patience is not None:
+            put("cooling_patience", check_positive_int("cooling_patience", self.cooling_patience))
+            if monitor is None:
+                raise ValueError(
+                    f"cooling_patience={self.cooling_patience!r} needs a monitor: it counts the "
+                    "epoch ends at which the monitored metric did not improve, got monitor=None"
+                )
         put("min_delta", check_non_negative("min_delta", self.min_delta))
         put("mode", check_choice("mode", self.mode, ("min", "max")))
         for low, high, check in (

@@ -135,6 +135,8 @@ def callback_state(cb: KramersCallback) -> dict[str, Any]:
         "budget": estimates.budget.state_dict(),
         "termination": cb.termination.state_dict(),
         "dwell": decision.dwell.state_dict(),
+        "dwell_monitored": list(decision.dwell.monitored),
+        "monitor_measured": cb._monitor.measured,
         "dwell_knobs": knobs_to_state(decision.dwell_knobs),
         "epoch_knobs": knobs_to_state(decision.epoch_knobs),
         "first_dwell": decision.first_dwell,
@@ -172,6 +174,9 @@ def load_callback_state(cb: KramersCallback, state: dict[str, Any]) -> None:
     estimates.budget.load_state_dict(state.get("budget", {}))
     cb.termination.load_state_dict(state.get("termination", {}))
     decision.dwell.load_state_dict(state.get("dwell"))
+    decision.dwell.monitored = [float(v) for v in state.get("dwell_monitored", [])]
+    measured = state.get("monitor_measured")
+    cb._monitor.measured = None if measured is None else float(measured)
     decision.dwell_knobs = knobs_from_state(state.get("dwell_knobs"))
     decision.epoch_knobs = knobs_from_state(state.get("epoch_knobs"))
     decision.first_dwell = bool(state.get("first_dwell", True))

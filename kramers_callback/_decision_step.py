@@ -31,7 +31,11 @@ from kramers_callback.observation import (
 )
 from kramers_callback.policies import PolicyRule
 from kramers_callback.regime import Phase, RegimeDecision, choose
-from kramers_callback.signals import EquilibriumSignal, KramersTargetSignal
+from kramers_callback.signals import (
+    EquilibriumSignal,
+    KramersTargetSignal,
+    MonitorPlateauSignal,
+)
 from kramers_callback.stopping import TerminationRule
 
 __all__ = ["DecisionStep", "knobs_of"]
@@ -55,15 +59,16 @@ class DecisionStep:
         termination: the :class:`~kramers_callback.stopping.TerminationRule`.
         initial_lr, initial_batch: the first fit's knobs, the default bounds.
         last_good: the last estimate with ``status == "ok"``.
-        dwell: the loss blocks since the temperature last changed.
+        dwell: the loss blocks since the temperature last changed, and the monitored values
+            at its epoch ends.
         dwell_knobs: the knobs the dwell was trained at, the floor's (``None`` right after a
             change by the callback until the next epoch end, and from a checkpoint that
             predates them).
         epoch_knobs: those of the epoch in progress, read at its first batch (checkpointed:
             a resume inside the epoch does not read them again).
         first_dwell: whether the walker is still in its descent from the initialisation: no
-            change of ``η`` or ``B`` yet from a thermalized or trapped phase (a stability clamp
-            while descending starts a new dwell but not a settled one).
+            change of ``η`` or ``B`` yet from a thermalized, trapped or stalled phase (a
+            stability clamp while descending starts a new dwell but not a settled one).
         first_epoch_samples: the samples seen by this callback at its first epoch end (the
             first dwell's burn-in); ``None`` before it.
         loss_sign_warned: whether the warning for a loss below 0 under a compute cost was
@@ -76,6 +81,13 @@ class DecisionStep:
         self.cooling_factor = cooling_factor(max_change=arguments.max_change)
         self.target_signal = KramersTargetSignal()
         self.equilibrium_signal = EquilibriumSignal(factor=self.cooling_factor)
+        self.monitor_signal = None
+        if arguments.cooling_patience is not None:
+            self.monitor_signal = MonitorPlateauSignal(
+                patience=arguments.cooling_patience,
+                min_delta=arguments.min_delta,
+                mode=arguments.mode,
+            )
         self.termination = TerminationRule(
             compute_cost=arguments.compute_cost,
             min_epochs=arguments.min_epochs,
@@ -113,10 +125,15 @@ class DecisionStep:
         :meth:`add_epoch`."""
         self.epoch_knobs = knobs
 
-    def add_epoch(self, fresh: EstimateSummary | None, statistics: EpochStatistics) -> None:
-        """Add the epoch's loss blocks, with its running noise, to the dwell (a new dwell where
-        the epoch trained at other knobs than the dwell's), and ``fresh`` (if good) as the
-        last good."""
+    def add_epoch(
+        self,
+        fresh: EstimateSummary | None,
+        statistics: EpochStatistics,
+        monitor: float | None = None,
+    ) -> None:
+        """Add the epoch's loss blocks, with its running noise, and its monitored value (where
+        it measured one) to the dwell (a new dwell where the epoch trained at other knobs than
+        the dwell's), and ``fresh`` (if good) as the last good."""
         trained, dwell = self.epoch_knobs, self.dwell_knobs
         if trained is not None:
             if dwell is not None and not _same_temperature(dwell, trained):
@@ -127,6 +144,8 @@ class DecisionStep:
         self.epoch_knobs = None
         noise = statistics.running.noise_trace
         self.dwell.extend(replace(b, noise_trace=noise) for b in statistics.loss_blocks)
+        if monitor is not None:
+            self.dwell.monitored.append(monitor)
         if fresh is not None and fresh.ok:
             self.last_good = fresh
 
@@ -157,6 +176,7 @@ class DecisionStep:
             dim=self.dim,
             loss_finite=statistics.loss_finite,
             monitor=monitor,
+            monitor_dwell=tuple(self.dwell.monitored),
             loss_blocks=tuple(self.dwell.blocks),
             epoch_blocks=min(len(statistics.loss_blocks), len(self.dwell.blocks)),
             first_dwell=self.first_dwell,
@@ -204,6 +224,7 @@ class DecisionStep:
             limits=limits,
             equilibrium=self.equilibrium_signal.read(observation),
             target=target,
+            monitor=None if self.monitor_signal is None else self.monitor_signal.read(observation),
             compute_cost=self.arguments.compute_cost,
             factor=self.cooling_factor,
         )

@@ -103,16 +103,19 @@ class LossBlocks:
 
 
 class Dwell:
-    """The loss blocks since the temperature last changed (host side, checkpointed)."""
+    """The loss blocks since the temperature last changed, and the monitored values at its
+    epoch ends (host side, checkpointed)."""
 
     def __init__(self) -> None:
         self.blocks: list[LossBlock] = []
+        self.monitored: list[float] = []
 
     def extend(self, blocks: Iterable[LossBlock]) -> None:
         self.blocks.extend(blocks)
 
     def reset(self) -> None:
         self.blocks = []
+        self.monitored = []
 
     def state_dict(self) -> list[list[float]]:
         return [[b.mean, b.position, float(b.samples), b.noise_trace] for b in self.blocks]

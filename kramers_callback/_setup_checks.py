@@ -212,6 +212,17 @@ class MonitorCheck:
         self.monitor = monitor
         self.strict = strict
         self.warned = False
+        self.measured: float | None = None
+        """The value the last validation of the epoch in progress logged (checkpointed: a
+        resume between that validation and the epoch end does not see it again)."""
+
+    def start_epoch(self) -> None:
+        self.measured = None
+
+    def end_validation(self, trainer: pl.Trainer) -> None:
+        self.check(trainer, "validation")
+        value = trainer.callback_metrics.get(self.monitor) if self.monitor else None
+        self.measured = None if value is None else float(value)
 
     def check(self, trainer: pl.Trainer, where: str) -> None:
         if not self.warned:
@@ -227,3 +238,14 @@ class MonitorCheck:
         if value is None and not validates(trainer):
             self.check(trainer, "training epoch")
         return None if value is None else float(value)
+
+    def epoch_value(self, trainer: pl.Trainer, wanted: bool = True) -> float | None:
+        """Rank 0's value of this epoch: its last validation's where validation runs
+        (``None`` in an epoch without one, ``check_val_every_n_epoch``, where
+        ``callback_metrics`` still holds an older epoch's), else the epoch end's; ``None``
+        without a collective where not ``wanted``."""
+        if not wanted:
+            return None
+        value = self.measured if validates(trainer) else self.value(trainer)
+        # A metric logged without sync_dist differs by rank, and ranks must decide alike.
+        return trainer.strategy.broadcast(value, src=0)

@@ -54,16 +54,17 @@ class KramersCallback(Callback):
     **Every epoch end**, in order:
 
     1. *Estimate* when the overhead budget allows, on a fixed seeded probe set: ``T``, the top-k
-       and smallest Hessian eigenvalues, the trace and, once no longer descending, barriers and
-       their Kramers rates (:func:`kramers_callback.estimate`; float32 or the model's float64,
-       no autocast, eval mode, probe batches converted as training batches are; the model is
-       left exactly as found).
+       and smallest Hessian eigenvalues, the trace and, after a thermalized or trapped epoch
+       end, barriers and their Kramers rates (:func:`kramers_callback.estimate`; float32 or
+       the model's float64, no autocast, eval mode, probe batches converted as training
+       batches are; the model is left exactly as found).
     2. *Test equilibrium* (:class:`~kramers_callback.signals.EquilibriumSignal`): has the
        training loss stopped falling by more than its noise and than a cooling step would buy
        (the floor from the running noise over the test's window; never in the first epoch)?
     3. *Choose the regime* (:func:`kramers_callback.regime.choose`, docs/theory.md section 7):
-       **trapped**: the annealing target ``T*(t)``; **thermalized** with cooling worth ``1/c``
-       of the loss: cool by ``r = 1/2`` (``hybrid``: ``B`` first, then ``η``); otherwise hold
+       **trapped**: the annealing target ``T*(t)``; **thermalized** (or, with
+       ``cooling_patience``, **stalled** on the monitor) with cooling worth ``1/c`` of the
+       loss: cool by ``r = 1/2`` (``hybrid``: ``B`` first, then ``η``); otherwise hold
        (stability clamp ``η < 2(1+β)/λ_max``); always within the bounds and ``max_change``.
     4. *Stop* (:class:`~kramers_callback.stopping.TerminationRule`) when fewer than ``1/c``
        escapes are expected in the remaining budget **and** no cooling is worth it, for
@@ -98,6 +99,10 @@ class KramersCallback(Callback):
             expected escapes, and cooling that removes under ``1/c`` of the loss, are not worth it.
         min_epochs, patience, monitor, min_delta, mode: guards of the stop rule; ``monitor``
             names a metric of ``trainer.callback_metrics`` that must have stopped improving.
+        cooling_patience: with a ``monitor``, also cool (and let the stop rule act) once the
+            monitored value has not improved for this many epoch ends at one temperature,
+            though the training loss still falls (phase "stalled", docs/theory.md section
+            7.7); ``None``: the monitor guards the stop only.
         lr_min, lr_max: bounds on ``η`` (default ``initial_lr / 1000`` and ``initial_lr``).
         batch_min, batch_max: bounds on ``B`` (default the initial ``B`` and an epoch's samples).
         batch_multiple: loader batches stay multiples of this.
@@ -142,6 +147,7 @@ class KramersCallback(Callback):
         min_epochs: int = 0,
         patience: int = 1,
         monitor: str | None = None,
+        cooling_patience: int | None = None,
         min_delta: float = 0.0,
         mode: str = "min",
         lr_min: float | None = None,
@@ -288,6 +294,7 @@ class KramersCallback(Callback):
         layout = self._batches.start_epoch(trainer, pl_module)
         self._steps.start_epoch(trainer.num_training_batches, layout, pl_module.device)
         self._estimates.start_epoch()
+        self._monitor.start_epoch()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._estimates.start_validation()
@@ -296,7 +303,7 @@ class KramersCallback(Callback):
         if trainer.sanity_checking:
             return
         self._estimates.end_validation()
-        self._monitor.check(trainer, "validation")
+        self._monitor.end_validation(trainer)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -329,14 +336,15 @@ class KramersCallback(Callback):
             return
         optimizer = trainer.optimizers[0]
         knobs = knobs_of(optimizer, self._batches.in_force(trainer).samples_per_step)
-        # A descending walker has no barrier question: scan once the phase asks.
-        scan = bool(self.history) and self.history[-1].get("phase", "descending") != "descending"
+        # A descending (or stalled) walker has no barrier question: scan once the phase asks.
+        scan = bool(self.history) and self.history[-1].get("phase") in ("thermalized", "trapped")
         fresh = self._estimates.at_epoch_end(trainer, pl_module, knobs=knobs, scan=scan)
         statistics = self._steps.read_epoch(
             # Every rank's block sums, averaged: one synchronisation per epoch.
             mean=lambda sums: trainer.strategy.reduce(sums, reduce_op="mean"),
         )
-        self._decision.add_epoch(fresh, statistics)
+        cooling = self.cooling_patience is not None
+        self._decision.add_epoch(fresh, statistics, self._monitor.epoch_value(trainer, cooling))
         self._decide(trainer, pl_module, optimizer, knobs, fresh, statistics)
 
     def _decide(

@@ -72,7 +72,8 @@ def epoch_metrics(
     one was measured (NaN for :data:`ESTIMATE_METRICS` where it failed, or the training loss
     was not finite), and ``budget``'s counters. ``lr`` and ``batch_size`` are the
     settings after the decision. ``kramers/phase`` is the
-    :class:`~kramers_callback.regime.Phase` value: 0 descending, 1 thermalized, 2 trapped.
+    :class:`~kramers_callback.regime.Phase` value: 0 descending, 1 thermalized, 2 trapped,
+    3 stalled (on the monitor, with ``cooling_patience``).
     Cost: O(number of metrics)."""
     record = regime.record
     metrics = {
@@ -129,7 +130,7 @@ def history_entry(
     """One entry of ``KramersCallback.history``: plain Python values (checkpointable).
     ``lr`` and ``batch_size`` are the settings after the decision, ``lr_before`` and
     ``batch_before`` the optimizer's before it; ``limited_by`` is present where a policy
-    decided."""
+    decided, ``monitor_plateau`` where ``cooling_patience`` is set."""
     record = regime.record
     clock = observation.clock
     knobs, fresh = observation.knobs, observation.fresh
@@ -157,6 +158,8 @@ def history_entry(
         stop=bool(stop),
         metrics=metrics,
     )
+    if regime.monitor is not None:
+        entry["monitor_plateau"] = regime.monitor.reason
     return entry
 
 

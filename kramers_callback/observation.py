@@ -326,6 +326,9 @@ class Observation:
     """Whether every training loss of the epoch was finite (on every rank)."""
     monitor: float | None = None
     """The stop rule's monitored metric, if one is configured and logged."""
+    monitor_dwell: tuple[float, ...] = ()
+    """The monitored values at the dwell's epoch ends, oldest first (this one's last, where
+    it was logged), for :class:`~kramers_callback.signals.monitor_plateau.MonitorPlateauSignal`."""
     loss_blocks: tuple[LossBlock, ...] = ()
     """The training-loss blocks since the temperature last changed (the dwell), for the
     equilibrium signal."""
@@ -336,8 +339,8 @@ class Observation:
     :data:`~kramers_callback.signals.equilibrium.FIRST_DWELL_FLOOR_SHARE`."""
     first_dwell: bool = True
     """Whether the walker is still in its descent from the initialisation (no change of ``η``
-    or ``B`` yet from a thermalized or trapped phase; a stability clamp while descending does
-    not end it)."""
+    or ``B`` yet from a thermalized, trapped or stalled phase; a stability clamp while
+    descending does not end it)."""
     burn_in_samples: float = 0.0
     """The samples seen by the callback's first epoch end: the first dwell's burn-in, the
     transient from the initialisation."""
@@ -453,6 +456,7 @@ def observe(
     dim: int,
     loss_finite: bool = True,
     monitor: float | None = None,
+    monitor_dwell: tuple[float, ...] = (),
     loss_blocks: tuple[LossBlock, ...] = (),
     epoch_blocks: int = 0,
     first_dwell: bool = True,
@@ -498,6 +502,7 @@ def observe(
         last_good=last_good,
         loss_finite=loss_finite,
         monitor=monitor,
+        monitor_dwell=monitor_dwell,
         loss_blocks=loss_blocks,
         epoch_blocks=epoch_blocks,
         first_dwell=first_dwell,

@@ -1,7 +1,8 @@
-r"""The controller's regimes: descending, thermalized, trapped; and what cooling is still worth.
+r"""The controller's regimes: descending, thermalized, trapped, stalled; what cooling is worth.
 
 Pure logic (docs/theory.md section "The equilibrium regime"), no Lightning. The callback reads
-the two signals (:mod:`kramers_callback.signals.equilibrium` and the Kramers target), this module
+the signals (:mod:`kramers_callback.signals.equilibrium`, the Kramers target and, with
+``cooling_patience``, :mod:`kramers_callback.signals.monitor_plateau`), this module
 names the phase and says whether a cooling step is worth its compute, and the policy turns the
 resulting target temperature into ``η`` and ``B``:
 
@@ -12,6 +13,10 @@ resulting target temperature into ``η`` and ``B``:
 - **thermalized**: stationary, and no barrier within reach: cool by
   :data:`~kramers_callback.noise.floor.COOLING_FACTOR` (once per equilibrium: the dwell starts
   again after every change), while the floor that cooling can still remove is worth it.
+- **stalled** (only with a ``monitor`` and ``cooling_patience``): the training loss still
+  falls, but the monitored metric has stopped improving at this temperature
+  (:mod:`kramers_callback.signals.monitor_plateau`): the descent fits the sample, not the
+  task, so it is treated as thermalized: cool, and stop once cooling is not worth it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from kramers_callback.observation import DecisionRecord, Observation, temperatur
 from kramers_callback.policies import PolicyRule
 from kramers_callback.signals.equilibrium import EquilibriumReading
 from kramers_callback.signals.kramers_target import KramersTarget
+from kramers_callback.signals.monitor_plateau import MonitorReading
 from kramers_callback.stopping import StopReason
 
 __all__ = [
@@ -46,14 +52,23 @@ class Phase(enum.IntEnum):
     DESCENDING = 0
     THERMALIZED = 1
     TRAPPED = 2
+    STALLED = 3
+
+    @property
+    def settled(self) -> bool:
+        """Whether staying at this temperature buys nothing a cooling step would not."""
+        return self in (Phase.THERMALIZED, Phase.STALLED)
 
 
-def classify_phase(*, trapped: bool, thermalized: bool) -> Phase:
+def classify_phase(*, trapped: bool, thermalized: bool, stalled: bool = False) -> Phase:
     """``TRAPPED`` when a pathway has a Kramers rate (a barrier in reach decides the schedule
-    whatever the loss does), else ``THERMALIZED`` or ``DESCENDING`` by the equilibrium test."""
+    whatever the loss does), else ``THERMALIZED`` by the equilibrium test, else ``STALLED`` by
+    the monitor's plateau test, else ``DESCENDING``."""
     if trapped:
         return Phase.TRAPPED
-    return Phase.THERMALIZED if thermalized else Phase.DESCENDING
+    if thermalized:
+        return Phase.THERMALIZED
+    return Phase.STALLED if stalled else Phase.DESCENDING
 
 
 @dataclass(frozen=True)
@@ -141,11 +156,13 @@ class RegimeDecision:
     cooling: CoolingValue
     coldest_temperature: float
     settled: StopReason | None
-    """Why nothing is left to gain from cooling (thermalized and at the coldest setting, or
-    cooling not worth it), or ``None``."""
+    """Why nothing is left to gain from cooling (thermalized or stalled, and at the coldest
+    setting or with cooling not worth it), or ``None``."""
     observation: Observation | None = None
     """The observation the decision read, where it differs from the one given: in the trapped
     phase, its temperature from the last good estimate's noise (:func:`choose`)."""
+    monitor: MonitorReading | None = None
+    """The monitor's plateau test (``None`` without ``cooling_patience``)."""
 
 
 def choose(
@@ -157,12 +174,15 @@ def choose(
     target: KramersTarget | None,
     compute_cost: float,
     factor: float,
+    monitor: MonitorReading | None = None,
 ) -> RegimeDecision:
     """The regime's target temperature and the policy's decision, one at a time.
 
     - trapped (``target.now`` exists): the annealing target ``T*(η, B)``;
     - thermalized, cooling worth it (:func:`cooling_value`): the constant target ``r·T``, which
       the policy reaches within ``max_change`` (hybrid: ``B`` first, toward ``batch_max``);
+    - stalled (``monitor`` says so, and the equilibrium test has a floor to value cooling by):
+      as thermalized;
     - otherwise (descending, or nothing worth cooling for): no target, so the policy holds
       every knob but the stability clamp.
 
@@ -180,7 +200,9 @@ def choose(
         # a large B (an epoch then holds one or two two-batch pairs), and a move by T*/T would
         # chase that noise by up to max_change each epoch (docs/theory.md section 4.3).
         observation = observation.with_noise(good.noise_trace, "last_estimate")
-    phase = classify_phase(trapped=trapped, thermalized=equilibrium.thermalized)
+    # Without a floor what cooling buys is unknown: a stalled monitor alone then holds.
+    stalled = monitor is not None and monitor.stalled and equilibrium.gain > 0
+    phase = classify_phase(trapped=trapped, thermalized=equilibrium.thermalized, stalled=stalled)
     coldest = coldest_temperature(observation, rule=rule, limits=limits)
     value = cooling_value(
         floor=equilibrium.floor,
@@ -190,12 +212,12 @@ def choose(
         compute_cost=compute_cost,
     )
     settled = None
-    if equilibrium.thermalized and not value.worth_it:
+    if phase.settled and not value.worth_it:
         settled = StopReason.COLDEST_SETTING if value.at_coldest else StopReason.COOLING_NOT_WORTH
 
     def regime(record: DecisionRecord) -> RegimeDecision:
         used = None if observation is given else observation
-        return RegimeDecision(record, phase, equilibrium, value, coldest, settled, used)
+        return RegimeDecision(record, phase, equilibrium, value, coldest, settled, used, monitor)
 
     now = target.now if target is not None else None
     critical = math.nan if now is None else now.critical_temperature
@@ -208,20 +230,22 @@ def choose(
     if trapped:
         assert target is not None
         goal, why = target.temperature, None
-    elif phase is Phase.THERMALIZED and value.worth_it:
-        goal = factor * observation.temperature
-        why = (
-            f"thermalized: cool by {factor:g} (floor {equilibrium.floor:.3g}, "
-            f"{value.relative:.1%} of the loss removable)"
-        )
-        target_now = goal
-    elif phase is Phase.THERMALIZED:
-        goal = math.nan
-        why = (
-            "thermalized at the coldest setting the limits allow"
-            if value.at_coldest
-            else f"thermalized: cooling not worth it ({value.relative:.1%} of the loss removable)"
-        )
+    elif phase.settled:
+        name = phase.name.lower()
+        detail = f"; {monitor.reason}" if phase is Phase.STALLED and monitor is not None else ""
+        goal = factor * observation.temperature if value.worth_it else math.nan
+        if value.worth_it:
+            why = (
+                f"{name}: cool by {factor:g} (floor {equilibrium.floor:.3g}, "
+                f"{value.relative:.1%} of the loss removable{detail})"
+            )
+            target_now = goal
+        elif value.at_coldest:
+            why = f"{name} at the coldest setting the limits allow"
+            why += f" ({detail[2:]})" if detail else ""
+        else:
+            removable = f"{value.relative:.1%} of the loss removable{detail}"
+            why = f"{name}: cooling not worth it ({removable})"
     else:
         goal, why = math.nan, f"descending: hold ({equilibrium.reason})"
     knobs = observation.knobs

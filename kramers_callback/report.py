@@ -20,8 +20,8 @@ to a PNG. The figure draws, against the optimizer step:
 
 The last logged step is marked in every panel as the stop point, labelled with the stop
 reason when it is known. When logged, the controller's phase (``kramers/phase``: descending,
-thermalized, trapped) shades the background of every panel, and each cooling step (a change of
-``kramers/lr`` or ``kramers/batch_size``) is a dotted vertical line. Matplotlib is driven
+thermalized, trapped, stalled) shades the background of every panel, and each cooling step (a
+change of ``kramers/lr`` or ``kramers/batch_size``) is a dotted vertical line. Matplotlib is driven
 through its Agg canvas directly, so rendering never changes the user's pyplot backend.
 """
 
@@ -45,6 +45,7 @@ PHASES: dict[int, tuple[str, str]] = {
     0: ("descending", "#dbe9f6"),
     1: ("thermalized", "#dcefdc"),
     2: ("trapped", "#f6dada"),
+    3: ("stalled", "#f3ead0"),
 }
 """``kramers/phase`` code → (name, background colour); the regimes of docs/theory.md."""
 COOLING_METRICS = (PREFIX + "lr", PREFIX + "batch_size")

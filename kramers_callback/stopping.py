@@ -22,12 +22,14 @@ class StopReason(enum.Enum):
 
     NOT_STOPPED = "not_stopped"
     COLDEST_SETTING = "coldest_setting"
-    """Thermalized at the coldest temperature the limits allow, and ``k·R·c < 1`` on the
+    """Thermalized (or, with ``cooling_patience``, stalled) at the coldest temperature the
+    limits allow, and ``k·R·c < 1`` on the
     measured pathways, for ``patience`` consecutive checks (at or after ``min_epochs``; with a
     monitor, while it did not improve)."""
     COOLING_NOT_WORTH = "cooling_not_worth"
-    """Thermalized, what cooling could still remove is below ``1/c`` of the training loss, and
-    ``k·R·c < 1`` on the measured pathways, for ``patience`` consecutive checks."""
+    """Thermalized (or stalled), what cooling could still remove is below ``1/c`` of the
+    training loss, and ``k·R·c < 1`` on the measured pathways, for ``patience`` consecutive
+    checks."""
     NON_FINITE_LOSS = "non_finite_loss"
     """A training loss of the epoch was NaN or infinite (the parameters are lost, as
     EarlyStopping's ``check_finite`` assumes); with ``check_finite=True`` only."""
@@ -36,10 +38,12 @@ class StopReason(enum.Enum):
 _LEGACY_REASONS = {"escapes_exhausted": StopReason.COOLING_NOT_WORTH.value}
 
 _SETTLED = {
-    StopReason.COLDEST_SETTING: "thermalized at the coldest setting the limits allow",
+    StopReason.COLDEST_SETTING: (
+        "thermalized (or stalled on the monitor) at the coldest setting the limits allow"
+    ),
     StopReason.COOLING_NOT_WORTH: (
-        "thermalized, and what cooling could still remove is below 1/compute_cost of the "
-        "training loss"
+        "thermalized (or stalled on the monitor), and what cooling could still remove is "
+        "below 1/compute_cost of the training loss"
     ),
 }
 
@@ -50,15 +54,17 @@ class TerminationRule:
     .. math::
 
         \text{condition} \iff k_{\text{total}}\,R\,c < 1
-        \ \wedge\ \text{thermalized with no cooling worth it}
+        \ \wedge\ \text{settled with no cooling worth it}
 
     with ``k_total`` the escape rate per step of the *measured* pathways (a direction with no
     barrier within reach is an unmeasured pathway, never a zero rate: it is the second part
-    that covers it), ``R`` the remaining steps and ``c ≥ 0`` the compute-cost weight
+    that covers it; settled is thermalized, or stalled on the monitor with ``cooling_patience``),
+    ``R`` the remaining steps and ``c ≥ 0`` the compute-cost weight
     (:func:`kramers_callback.kramers.should_stop`; ``c = 0`` never stops). The second part is
     the caller's: a :class:`StopReason` saying why nothing is left to gain, or ``None``
-    (still descending, or a cooling step is still worth it), so a run that still descends never
-    stops by the rule alone (docs/theory.md, "The equilibrium regime").
+    (still descending, or a cooling step is still worth it), so a run whose training loss
+    still descends stops by the rule alone only where its monitored metric stalled
+    (docs/theory.md, "The equilibrium regime").
     Guards: training stops only when the condition (and, with a monitor, "the monitored value
     did not improve by more than ``min_delta`` on its best so far") has held at ``patience``
     consecutive checks, and only once ``min_epochs`` epochs are complete. A check without a

@@ -23,14 +23,16 @@ from kramers_callback.callback import KramersCallback
 
 
 def _fit_on_two_ranks(
-    tmp_path: Any, cb: KramersCallback, module: pl.LightningModule, data: Any
+    tmp_path: Any, cb: KramersCallback, module: pl.LightningModule, data: Any, **options: Any
 ) -> list[dict[str, Any]]:
-    """Fit 4 epochs under ``ddp_spawn`` on 2 CPU ranks; return each rank's dump."""
+    """Fit 4 epochs under ``ddp_spawn`` on 2 CPU ranks (more Trainer ``options``); return each
+    rank's dump."""
     t = trainer(
         callbacks=[cb, DumpHistory(str(tmp_path))],
         max_epochs=4,
         strategy="ddp_spawn",
         devices=2,
+        **options,
     )
     t.fit(module, datamodule=data)
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -73,5 +75,38 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_through_the_strategys_reduce(tm
         assert rank["stop_reason"] == "non_finite_loss"
         assert len(rank["history"]) == 2  # stopped at the end of the epoch with the NaN
         assert all(math.isfinite(p) for p in rank["params"])
+    first, second = (json.dumps(rank["history"], sort_keys=True) for rank in ranks)
+    assert first == second
+
+
+class RankPlateau(TinyClassifier):
+    """Logs ``val_metric`` without ``sync_dist``: on rank 0 it improves at the first two
+    validations and never after; on rank 1 it improves at every one."""
+
+    def __init__(self) -> None:
+        super().__init__(lr=0.2)
+        self.validations = 0
+
+    def on_validation_epoch_end(self) -> None:
+        self.validations += 1
+        n = self.validations if self.global_rank == 1 else min(self.validations, 2)
+        self.log("val_metric", 1.0 / n)
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ranks_cool_alike_on_rank_zeros_monitored_value(tmp_path):
+    pl.seed_everything(0)
+    cb = KramersCallback(
+        "lr", monitor="val_metric", cooling_patience=2, overhead_budget=math.inf,
+        probe_size=64, max_products=40, verbose=False,
+    )  # fmt: skip
+    ranks = _fit_on_two_ranks(
+        tmp_path, cb, RankPlateau(), BlobsData(batch_size=8), limit_val_batches=1.0
+    )
+    history = ranks[0]["history"]
+    # Rank 0's values 1, 0.5, 0.5, 0.5 stall at epoch 3; rank 1's alone never would.
+    assert [h["phase"] for h in history] == ["descending"] * 3 + ["stalled"]
+    assert history[3]["lr"] == history[3]["lr_before"] / 2
     first, second = (json.dumps(rank["history"], sort_keys=True) for rank in ranks)
     assert first == second

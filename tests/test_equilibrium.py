@@ -229,7 +229,12 @@ def test_phase_and_cooling_value():
     assert classify_phase(trapped=True, thermalized=False) is Phase.TRAPPED
     assert classify_phase(trapped=False, thermalized=True) is Phase.THERMALIZED
     assert classify_phase(trapped=False, thermalized=False) is Phase.DESCENDING
-    assert [p.value for p in Phase] == [0, 1, 2]
+    # A stalled monitor is the weakest evidence: trapped and thermalized come first.
+    assert classify_phase(trapped=False, thermalized=False, stalled=True) is Phase.STALLED
+    assert classify_phase(trapped=False, thermalized=True, stalled=True) is Phase.THERMALIZED
+    assert classify_phase(trapped=True, thermalized=False, stalled=True) is Phase.TRAPPED
+    assert [p.value for p in Phase] == [0, 1, 2, 3]
+    assert [p.settled for p in Phase] == [False, True, False, True]
     # F = 0.2 at T = 1; cooling to T_min = 0.5 removes 0.1, a fifth of L = 0.5.
     value = cooling_value(
         floor=0.2, temperature=1.0, coldest_temperature=0.5, loss=0.5, compute_cost=5.0
