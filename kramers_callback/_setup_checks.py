@@ -239,13 +239,10 @@ class MonitorCheck:
             self.check(trainer, "training epoch")
         return None if value is None else float(value)
 
-    def epoch_value(self, trainer: pl.Trainer, wanted: bool = True) -> float | None:
+    def epoch_value(self, trainer: pl.Trainer) -> float | None:
         """Rank 0's value of this epoch: its last validation's where validation runs
         (``None`` in an epoch without one, ``check_val_every_n_epoch``, where
-        ``callback_metrics`` still holds an older epoch's), else the epoch end's; ``None``
-        without a collective where not ``wanted``."""
-        if not wanted:
-            return None
+        ``callback_metrics`` still holds an older epoch's), else the epoch end's."""
         value = self.measured if validates(trainer) else self.value(trainer)
         # A metric logged without sync_dist differs by rank, and ranks must decide alike.
         return trainer.strategy.broadcast(value, src=0)

@@ -343,8 +343,8 @@ class KramersCallback(Callback):
             # Every rank's block sums, averaged: one synchronisation per epoch.
             mean=lambda sums: trainer.strategy.reduce(sums, reduce_op="mean"),
         )
-        cooling = self.cooling_patience is not None
-        self._decision.add_epoch(fresh, statistics, self._monitor.epoch_value(trainer, cooling))
+        stall = self._monitor.epoch_value(trainer) if self.cooling_patience is not None else None
+        self._decision.add_epoch(fresh, statistics, stall)
         self._decide(trainer, pl_module, optimizer, knobs, fresh, statistics)
 
     def _decide(

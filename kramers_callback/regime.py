@@ -181,8 +181,8 @@ def choose(
     - trapped (``target.now`` exists): the annealing target ``T*(η, B)``;
     - thermalized, cooling worth it (:func:`cooling_value`): the constant target ``r·T``, which
       the policy reaches within ``max_change`` (hybrid: ``B`` first, toward ``batch_max``);
-    - stalled (``monitor`` says so, and the equilibrium test has a floor to value cooling by):
-      as thermalized;
+    - stalled (``monitor`` says so, and the equilibrium test has a window whose floor and loss
+      value a cooling): as thermalized;
     - otherwise (descending, or nothing worth cooling for): no target, so the policy holds
       every knob but the stability clamp.
 
@@ -200,8 +200,14 @@ def choose(
         # a large B (an epoch then holds one or two two-batch pairs), and a move by T*/T would
         # chase that noise by up to max_change each epoch (docs/theory.md section 4.3).
         observation = observation.with_noise(good.noise_trace, "last_estimate")
-    # Without a floor what cooling buys is unknown: a stalled monitor alone then holds.
-    stalled = monitor is not None and monitor.stalled and equilibrium.gain > 0
+    # Without the equilibrium window's floor and loss what cooling buys is unknown: a stalled
+    # monitor alone then holds.
+    stalled = (
+        monitor is not None
+        and monitor.stalled
+        and equilibrium.gain > 0
+        and math.isfinite(equilibrium.loss)
+    )
     phase = classify_phase(trapped=trapped, thermalized=equilibrium.thermalized, stalled=stalled)
     coldest = coldest_temperature(observation, rule=rule, limits=limits)
     value = cooling_value(
@@ -212,7 +218,9 @@ def choose(
         compute_cost=compute_cost,
     )
     settled = None
-    if phase.settled and not value.worth_it:
+    # From the signals, not the phase: a trapped walker that is also thermalized with nothing
+    # worth cooling for may stop once its escapes are not worth waiting for (k·R·c < 1).
+    if (equilibrium.thermalized or stalled) and not value.worth_it:
         settled = StopReason.COLDEST_SETTING if value.at_coldest else StopReason.COOLING_NOT_WORTH
 
     def regime(record: DecisionRecord) -> RegimeDecision:
@@ -232,20 +240,18 @@ def choose(
         goal, why = target.temperature, None
     elif phase.settled:
         name = phase.name.lower()
-        detail = f"; {monitor.reason}" if phase is Phase.STALLED and monitor is not None else ""
+        removable = f"{value.relative:.1%} of the loss removable"
+        stall = [monitor.reason] if phase is Phase.STALLED and monitor is not None else []
         goal = factor * observation.temperature if value.worth_it else math.nan
         if value.worth_it:
-            why = (
-                f"{name}: cool by {factor:g} (floor {equilibrium.floor:.3g}, "
-                f"{value.relative:.1%} of the loss removable{detail})"
-            )
+            details = "; ".join([f"floor {equilibrium.floor:.3g}, {removable}", *stall])
+            why = f"{name}: cool by {factor:g} ({details})"
             target_now = goal
         elif value.at_coldest:
             why = f"{name} at the coldest setting the limits allow"
-            why += f" ({detail[2:]})" if detail else ""
+            why += "".join(f" ({s})" for s in stall)
         else:
-            removable = f"{value.relative:.1%} of the loss removable{detail}"
-            why = f"{name}: cooling not worth it ({removable})"
+            why = f"{name}: cooling not worth it ({'; '.join([removable, *stall])})"
     else:
         goal, why = math.nan, f"descending: hold ({equilibrium.reason})"
     knobs = observation.knobs

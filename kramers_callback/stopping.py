@@ -14,7 +14,18 @@ from typing import Any
 from kramers_callback._validation import check_choice, check_non_negative, check_positive_int
 from kramers_callback.kramers import should_stop
 
-__all__ = ["StopReason", "TerminationRule"]
+__all__ = ["StopReason", "TerminationRule", "improves"]
+
+
+def improves(value: float, best: float | None, *, min_delta: float, mode: str) -> bool:
+    """Whether a monitored ``value`` beats ``best`` by more than ``min_delta`` (``mode="min"``:
+    lower is better), EarlyStopping's rule: a non-finite value never does, and any finite
+    value beats no best (``None`` or ``nan``)."""
+    if not math.isfinite(value):
+        return False
+    if best is None or not math.isfinite(best):
+        return True
+    return ((best - value) if mode == "min" else (value - best)) > min_delta
 
 
 class StopReason(enum.Enum):
@@ -110,14 +121,9 @@ class TerminationRule:
 
     def _improved(self, value: float | None) -> bool:
         """Whether ``value`` beats the best by more than ``min_delta`` (and record it)."""
-        if value is None or not math.isfinite(value):
-            # Missing: assume improvement, never stop on it. Non-finite: no improvement.
-            return value is None
-        if self.best is None:
-            self.best = value
-            return True
-        gain = (self.best - value) if self.mode == "min" else (value - self.best)
-        if gain > self.min_delta:
+        if value is None:
+            return True  # missing (validation did not run): never stop on it
+        if improves(value, self.best, min_delta=self.min_delta, mode=self.mode):
             self.best = value
             return True
         return False

@@ -118,13 +118,15 @@ def test_only_a_move_from_a_settled_walker_ends_the_first_dwell(phase):
     # A stability clamp while descending (AdamW on MNIST-1D, at the old limit of plain SGD:
     # η cut by a fifth at epoch 9)
     # changes the temperature, so the dwell starts again, but the walker is still in its
-    # descent from the initialisation: the first dwell's guard must stay.
+    # descent from the initialisation: the first dwell's guard must stay. A stalled
+    # monitor's cooling ends it (docs/theory.md section 7.7).
     step = DecisionStep(CallbackArguments(policy="lr"), policy_rule("lr"))
     step.dwell.extend([LossBlock(1.0, 1.0, 1)])
+    step.dwell.monitored.append(0.5)
     moved = Decision(0.8e-3, 32, 1.0, math.nan, 0.8, True, "no_target", ("stability",))
     reading = equilibrium_test([], floor=math.nan)
     value = CoolingValue(math.nan, math.nan, False, False)
     step.note_applied(RegimeDecision(DecisionRecord("clamp", decision=moved), phase, reading,
                                      value, math.nan, None))  # fmt: skip
-    assert step.dwell.blocks == []
+    assert step.dwell.blocks == [] and step.dwell.monitored == []
     assert step.first_dwell == (phase is Phase.DESCENDING)

@@ -41,6 +41,7 @@ from kramers_callback.policies import policy_rule
 from kramers_callback.regime import Phase, choose, classify_phase, cooling_value
 from kramers_callback.signals import EquilibriumSignal, KramersTargetSignal
 from kramers_callback.signals.equilibrium import LossBlock, equilibrium_test, loss_trend
+from kramers_callback.stopping import StopReason
 
 
 def _spd(rng: np.random.Generator, eigenvalues: np.ndarray) -> np.ndarray:
@@ -472,58 +473,68 @@ def test_knobs_changed_from_outside_the_callback_start_a_new_dwell():
     assert lengths == [4, 8, 4, 4, 4, 8]
 
 
-def test_the_trapped_move_compares_the_target_with_the_estimates_own_temperature():
-    """Between estimates the running noise may read far off (a few two-batch pairs an epoch at a
-    large B). The annealing target comes from the last estimate's pathways, so the batch policy's
-    move must not depend on that reading: the same B for a running noise ×100 or ÷100."""
-    noise, dim, batch, size = 400.0, 10, 64, 4000
+NOISE, DIM, BATCH, SIZE = 400.0, 10, 64, 4000
+"""A trapping epoch end: ``tr Σ₁``, ``d``, ``B`` and ``N`` at η = 0.05."""
+
+
+def _trapping(running: float, *, loss_blocks=(), rule: str = "batch", **choice):
+    """The regime at epoch 14 of 30 after a good estimate with one pathway whose barrier is
+    within reach, at the running noise ``running``, deciding under ``rule``."""
     temperature = isotropic_temperature(
-        lr=0.05, noise_trace=noise, dim=dim, batch_size=batch, dataset_size=size
+        lr=0.05, noise_trace=NOISE, dim=DIM, batch_size=BATCH, dataset_size=SIZE
     )
     good = EstimateSummary(
         status="ok",
         temperature=temperature,
-        noise_trace=noise,
+        noise_trace=NOISE,
         lambda_max=5.0,
         lr_eff=0.05,
-        batch_size=batch,
-        dim=dim,
+        batch_size=BATCH,
+        dim=DIM,
         finite=True,
         pathway_barriers=(0.02,),
         pathway_curvatures=(5.0,),
         pathway_barrier_curvatures=(-2.0,),
         pathway_temperatures=(temperature,),
     )
-    rule = policy_rule("batch")
     limits = control_limits(
         initial_lr=0.05, initial_batch=32, lr_min=None, lr_max=None, batch_min=None,
-        batch_max=None, max_change=2.0, samples_per_epoch=size, unit=1, samples_per_step=batch,
+        batch_max=None, max_change=2.0, samples_per_epoch=SIZE, unit=1, samples_per_step=BATCH,
     )  # fmt: skip
+    observation = observe(
+        epoch=14,
+        horizon=Horizon(samples_seen=14 * SIZE, samples_left=16 * SIZE),
+        knobs=Knobs(0.05, BATCH),
+        fresh=None,
+        running=RunningNoise(noise_trace=running),
+        last_good=good,
+        dataset_size=SIZE,
+        dim=DIM,
+        loss_blocks=tuple(loss_blocks),
+        first_dwell=False,
+    )
+    assert observation.noise_source == "running"
+    target = KramersTargetSignal().read(observation)
+    assert target.now is not None  # trapped: the barrier is within reach
+    options = {"equilibrium": equilibrium_test([], floor=math.nan), "compute_cost": 0.0, **choice}
+    regime = choose(
+        observation,
+        rule=policy_rule(rule),
+        limits=limits,
+        target=target,
+        factor=COOLING_FACTOR,
+        **options,
+    )
+    return regime, target, temperature
+
+
+def test_the_trapped_move_compares_the_target_with_the_estimates_own_temperature():
+    """Between estimates the running noise may read far off (a few two-batch pairs an epoch at a
+    large B). The annealing target comes from the last estimate's pathways, so the batch policy's
+    move must not depend on that reading: the same B for a running noise ×100 or ÷100."""
 
     def decided(running: float):
-        observation = observe(
-            epoch=14,
-            horizon=Horizon(samples_seen=14 * size, samples_left=16 * size),
-            knobs=Knobs(0.05, batch),
-            fresh=None,
-            running=RunningNoise(noise_trace=running),
-            last_good=good,
-            dataset_size=size,
-            dim=dim,
-            first_dwell=False,
-        )
-        assert observation.noise_source == "running"
-        target = KramersTargetSignal().read(observation)
-        assert target.now is not None  # trapped: the barrier is within reach
-        regime = choose(
-            observation,
-            rule=rule,
-            limits=limits,
-            equilibrium=equilibrium_test([], floor=math.nan),
-            target=target,
-            compute_cost=0.0,
-            factor=COOLING_FACTOR,
-        )
+        regime, target, temperature = _trapping(running)
         assert regime.phase is Phase.TRAPPED
         # What the decision read, and the callback logs: the estimate's noise at the knobs.
         used = regime.observation
@@ -531,8 +542,19 @@ def test_the_trapped_move_compares_the_target_with_the_estimates_own_temperature
         assert used.temperature == pytest.approx(temperature)
         return regime.record.decision, target.now
 
-    (low, low_target), (high, high_target) = decided(noise / 100), decided(noise * 100)
+    (low, low_target), (high, high_target) = decided(NOISE / 100), decided(NOISE * 100)
     # T_c and T* never depended on the reading (every T_v scales with it).
     assert low_target.critical_temperature == pytest.approx(high_target.critical_temperature)
     assert low_target.temperature == pytest.approx(high_target.temperature)
-    assert low.batch_size == high.batch_size != batch  # a move, the same for both readings
+    assert low.batch_size == high.batch_size != BATCH  # a move, the same for both readings
+
+
+def test_a_trapped_walker_thermalized_with_nothing_worth_cooling_is_settled():
+    # Settled comes from the signals, not the phase: the stop rule may then end the run once
+    # the trapped pathways' escapes are not worth waiting for either (k·R·c < 1).
+    flat = [LossBlock(0.5, (i + 0.5) * 250, 250, NOISE) for i in range(16)]
+    equilibrium = equilibrium_test(flat, floor=0.005)
+    assert equilibrium.thermalized
+    regime, _, _ = _trapping(NOISE, loss_blocks=flat, equilibrium=equilibrium, compute_cost=1.0)
+    assert regime.phase is Phase.TRAPPED and not regime.cooling.worth_it
+    assert regime.settled is StopReason.COOLING_NOT_WORTH

@@ -74,6 +74,9 @@ def test_a_non_finite_value_is_no_improvement_and_no_value_is_no_stall():
     reading = monitor_plateau([1.0, math.nan, math.inf], patience=2)
     assert reading.stalled and reading.best == 1.0 and reading.epochs_since_best == 2
     assert not monitor_plateau([1.0, math.nan, 0.5], patience=2).stalled
+    # The best moves only on an improvement by more than δ: 0.92 improves on 1.0 by 0.08, even
+    # though it is within δ of 0.96.
+    assert monitor_plateau([1.0, 0.96, 0.92], patience=2, min_delta=0.05).epochs_since_best == 0
     with pytest.raises(ValueError, match="cooling_patience must be"):
         MonitorPlateauSignal(patience=0)
     with pytest.raises(ValueError, match="mode must be one of"):
@@ -134,9 +137,12 @@ def test_a_stalled_monitor_cools_a_walker_whose_training_loss_still_falls():
     assert "2 of 2 epoch ends without improving on 0.7" in stalled.record.reason
     assert stalled.settled is None
 
-    # Without a floor what a cooling buys is unknown: hold.
-    unknown = _regime([0.7, 0.71, 0.72], floor=math.nan, losses=FALLING)
-    assert unknown.phase is Phase.DESCENDING and not unknown.record.decision.changed
+    # Without a floor, or without the test's window (4 blocks < 8) and so its loss, what a
+    # cooling buys is unknown: hold, and do not settle.
+    for floor, losses in ((math.nan, FALLING), (0.02, FALLING[:4])):
+        unknown = _regime([0.7, 0.71, 0.72], floor=floor, losses=losses)
+        assert unknown.phase is Phase.DESCENDING and not unknown.record.decision.changed
+        assert unknown.settled is None
 
     # Cooling worth less than 1/c of the loss: nothing left to gain, so the stop rule may act.
     spent = _regime([0.7, 0.71, 0.72], floor=0.02, losses=FALLING, compute_cost=1.0)
@@ -201,6 +207,19 @@ def test_the_callback_cools_at_each_dwells_stall_and_only_with_cooling_patience(
     # The cooling starts a new dwell, whose first value is its own best (not 0.5 of epoch 1,
     # three epoch ends back).
     assert cb.history[4]["monitor_plateau"].startswith("monitor improving: 0 of 2")
+
+
+def test_a_stall_with_nothing_worth_cooling_for_stops_a_run_whose_loss_still_falls():
+    # c = 1e-9: no cooling is worth its compute, so the first stall settles, and the stop rule
+    # (no measured escapes) ends the run there; without cooling_patience it never stops.
+    for patience, stop in ((None, None), (2, 4)):
+        options = dict(monitor="val_metric", cooling_patience=patience, compute_cost=1e-9)
+        cb = KramersCallback("lr", **options, **QUIET)
+        _fit(cb, epochs=7)
+        assert cb.termination.stopped_epoch == stop
+        if stop is not None:
+            assert cb.stop_reason is StopReason.COOLING_NOT_WORTH
+            assert cb.history[-1]["phase"] == "stalled" and _coolings(cb) == []
 
 
 def test_an_epoch_without_validation_adds_no_monitored_value_to_the_dwell():

@@ -10,13 +10,16 @@ value has not improved on the dwell's best by more than ``δ = min_delta`` for `
 
 .. math::
 
-    \text{stalled} \iff n - j^* \ge p,\qquad
-    j^* = \max\{\,j \le n : v_j \text{ beats } \min_{i<j} v_i \text{ by more than } \delta\,\}
+    b_1 = v_1,\qquad
+    b_j = \begin{cases} v_j & v_j < b_{j-1} - \delta \\ b_{j-1} & \text{otherwise,}\end{cases}
+    \qquad
+    \text{stalled} \iff n - j^* \ge p,\quad j^* = \max\{\,j \le n : b_j = v_j\,\}
 
-(``max`` for ``mode="max"``), with ``v_1, …, v_n`` the monitored values at the dwell's epoch
-ends, ``v_1`` counting as an improvement, and a non-finite value as none. This is
-``ReduceLROnPlateau``'s rule, restarted at every change of temperature, so each cooling is
-judged by what the user's metric did at its own temperature.
+(``v_j > b_{j−1} + δ`` for ``mode="max"``), with ``v_1, …, v_n`` the monitored values at the
+dwell's epoch ends and a non-finite value never an improvement
+(:func:`~kramers_callback.stopping.improves`). This is ``ReduceLROnPlateau``'s rule with
+``patience = p − 1`` and ``threshold_mode="abs"``, restarted at every change of temperature,
+so each cooling is judged by what the user's metric did at its own temperature.
 
 Assumes the monitored metric is computed on data the optimizer does not see (validation); on a
 training metric it adds nothing to the equilibrium test. Cost: ``O(n)`` per read.
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 
 from kramers_callback._validation import check_choice, check_non_negative, check_positive_int
 from kramers_callback.observation import Observation
+from kramers_callback.stopping import improves
 
 __all__ = ["MonitorPlateauSignal", "MonitorReading", "monitor_plateau"]
 
@@ -40,35 +44,40 @@ class MonitorReading:
 
     stalled: bool
     epochs_since_best: int
-    """Epoch ends of the dwell since its last improvement (``n − j*``; ``0`` without values)."""
+    """Epoch ends of the dwell since its last improvement (``n − j*``; ``n`` without one)."""
     best: float
-    """The dwell's best monitored value (``nan`` without values)."""
+    """The dwell's best monitored value ``b_n`` (``nan`` without a finite value)."""
     reason: str
+
+
+def _plateau(values: Sequence[float], patience: int, min_delta: float, mode: str) -> MonitorReading:
+    best, since = math.nan, 0
+    for value in values:
+        if improves(value, best, min_delta=min_delta, mode=mode):
+            best, since = value, 0
+        else:
+            since += 1
+    if not math.isfinite(best):
+        return MonitorReading(False, since, best, "no finite monitored value at this temperature")
+    stalled = since >= patience
+    return MonitorReading(
+        stalled,
+        since,
+        best,
+        f"monitor {'stalled' if stalled else 'improving'}: {since} of {patience} epoch ends "
+        f"without improving on {best:.4g}",
+    )
 
 
 def monitor_plateau(
     values: Sequence[float], *, patience: int, min_delta: float = 0.0, mode: str = "min"
 ) -> MonitorReading:
     """The test of the module docstring on ``values``, oldest first."""
-    patience = check_positive_int("patience", patience)
-    min_delta = check_non_negative("min_delta", min_delta)
-    mode = check_choice("mode", mode, ("min", "max"))
-    sign = 1.0 if mode == "min" else -1.0
-    best, since = math.nan, 0
-    for value in values:
-        improved = math.isfinite(value) and (
-            not math.isfinite(best) or sign * (best - value) > min_delta
-        )
-        best, since = (value, 0) if improved else (best, since + 1)
-    if not values:
-        return MonitorReading(False, 0, math.nan, "no monitored value at this temperature")
-    stalled = math.isfinite(best) and since >= patience
-    verdict = "stalled" if stalled else "improving"
-    return MonitorReading(
-        stalled,
-        since,
-        best,
-        f"monitor {verdict}: {since} of {patience} epoch ends without improving on {best:.4g}",
+    return _plateau(
+        values,
+        check_positive_int("patience", patience),
+        check_non_negative("min_delta", min_delta),
+        check_choice("mode", mode, ("min", "max")),
     )
 
 
@@ -83,13 +92,8 @@ class MonitorPlateauSignal:
 
     def __init__(self, *, patience: int, min_delta: float = 0.0, mode: str = "min") -> None:
         self.patience = check_positive_int("cooling_patience", patience)
-        self.min_delta = min_delta
-        self.mode = mode
+        self.min_delta = check_non_negative("min_delta", min_delta)
+        self.mode = check_choice("mode", mode, ("min", "max"))
 
     def read(self, observation: Observation) -> MonitorReading:
-        return monitor_plateau(
-            observation.monitor_dwell,
-            patience=self.patience,
-            min_delta=self.min_delta,
-            mode=self.mode,
-        )
+        return _plateau(observation.monitor_dwell, self.patience, self.min_delta, self.mode)
