@@ -256,7 +256,7 @@ class DecisionStep:
             # from the initialisation; a stability clamp while descending does not. A stalled
             # monitor's cooling does: the first dwell guards against an early pause of the
             # descent, and p epochs of a stalled validation metric say that the descent worth
-            # having is over (kept, the guard cost 2.5-3 points with label noise).
+            # having is over (kept, the guard cost about 3 points with label noise).
             if regime.phase is not Phase.DESCENDING:
                 self.first_dwell = False
 

@@ -51,6 +51,8 @@ def test_the_plateau_test_stalls_where_reduce_lr_on_plateau_first_reduces(
         n = int(rng.integers(3, 40))
         trend = np.exp(-np.arange(n) / rng.uniform(1.0, 8.0))
         values = (trend + rng.normal(0.0, 0.03, n)) * (1.0 if mode == "min" else -1.0)
+        if rng.random() < 0.5:
+            values = np.round(values, 1)  # ties with the best, as an accuracy metric has
         values = [float(v) for v in values]
         expected = _first_reduction(values, patience=patience, min_delta=min_delta, mode=mode)
         stalled_at = next(
@@ -74,6 +76,10 @@ def test_a_non_finite_value_is_no_improvement_and_no_value_is_no_stall():
     reading = monitor_plateau([1.0, math.nan, math.inf], patience=2)
     assert reading.stalled and reading.best == 1.0 and reading.epochs_since_best == 2
     assert not monitor_plateau([1.0, math.nan, 0.5], patience=2).stalled
+    # A tie is no improvement, and a leading NaN sets no best.
+    assert monitor_plateau([1.0, 1.0, 1.0], patience=2).stalled
+    reading = monitor_plateau([math.nan, 1.0, 1.1], patience=2)
+    assert reading.best == 1.0 and reading.epochs_since_best == 1
     # The best moves only on an improvement by more than δ: 0.92 improves on 1.0 by 0.08, even
     # though it is within δ of 0.96.
     assert monitor_plateau([1.0, 0.96, 0.92], patience=2, min_delta=0.05).epochs_since_best == 0

@@ -10,16 +10,18 @@ value has not improved on the dwell's best by more than ``δ = min_delta`` for `
 
 .. math::
 
-    b_1 = v_1,\qquad
-    b_j = \begin{cases} v_j & v_j < b_{j-1} - \delta \\ b_{j-1} & \text{otherwise,}\end{cases}
-    \qquad
-    \text{stalled} \iff n - j^* \ge p,\quad j^* = \max\{\,j \le n : b_j = v_j\,\}
+    I_j \iff v_j \text{ finite} \wedge \big(b_{j-1} = \varnothing \vee v_j < b_{j-1} - \delta\big),
+    \qquad b_j = \begin{cases} v_j & I_j \\ b_{j-1} & \text{otherwise,}\end{cases}
+    \qquad b_0 = \varnothing,
+
+    \text{stalled} \iff b_n \ne \varnothing \wedge n - \max\{\,j \le n : I_j\,\} \ge p
 
 (``v_j > b_{j−1} + δ`` for ``mode="max"``), with ``v_1, …, v_n`` the monitored values at the
-dwell's epoch ends and a non-finite value never an improvement
-(:func:`~kramers_callback.stopping.improves`). This is ``ReduceLROnPlateau``'s rule with
-``patience = p − 1`` and ``threshold_mode="abs"``, restarted at every change of temperature,
-so each cooling is judged by what the user's metric did at its own temperature.
+dwell's epoch ends: ``I_j``, an improvement, needs a finite value better than the best by more
+than ``δ``, so a tie is none (:func:`~kramers_callback.stopping.improves`). This is
+``ReduceLROnPlateau``'s rule with ``patience = p − 1`` and ``threshold_mode="abs"``, restarted
+at every change of temperature, so each cooling is judged by what the user's metric did at its
+own temperature.
 
 Assumes the monitored metric is computed on data the optimizer does not see (validation); on a
 training metric it adds nothing to the equilibrium test. Cost: ``O(n)`` per read.
