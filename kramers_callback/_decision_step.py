@@ -276,6 +276,9 @@ class DecisionStep:
                 epochs_completed=observation.epoch + 1,
                 settled=regime.settled,
                 monitor_value=observation.monitor,
+                settled_as=(
+                    "stalled on the monitor" if regime.phase is Phase.STALLED else "thermalized"
+                ),
             )
         return False
 

@@ -49,14 +49,12 @@ class StopReason(enum.Enum):
 _LEGACY_REASONS = {"escapes_exhausted": StopReason.COOLING_NOT_WORTH.value}
 
 _SETTLED = {
-    StopReason.COLDEST_SETTING: (
-        "thermalized (or stalled on the monitor) at the coldest setting the limits allow"
-    ),
+    StopReason.COLDEST_SETTING: "{} at the coldest setting the limits allow",
     StopReason.COOLING_NOT_WORTH: (
-        "thermalized (or stalled on the monitor), and what cooling could still remove is "
-        "below 1/compute_cost of the training loss"
+        "{}, and what cooling could still remove is below 1/compute_cost of the training loss"
     ),
 }
+"""The settled reasons' messages, filled with how the walker settled."""
 
 
 class TerminationRule:
@@ -136,6 +134,7 @@ class TerminationRule:
         epochs_completed: int,
         settled: StopReason | None,
         monitor_value: float | None = None,
+        settled_as: str = "thermalized",
     ) -> bool:
         """One check; ``True`` when training should stop now.
 
@@ -143,6 +142,8 @@ class TerminationRule:
             settled: why nothing is left to gain from cooling
                 (:attr:`StopReason.COLDEST_SETTING` or :attr:`StopReason.COOLING_NOT_WORTH`),
                 or ``None`` when something is.
+            settled_as: how the walker settled, for the message (``"thermalized"``, or
+                ``"stalled on the monitor"``).
             rate: ``k_total ≥ 0`` per step (``inf`` allowed).
             remaining_steps: ``R``, steps left in the budget at the current batch size.
             epochs_completed: epochs finished so far.
@@ -166,8 +167,9 @@ class TerminationRule:
             expected = rate * max(remaining_steps, 0.0)
             self.message = (
                 f"KramersCallback stopped training after {epochs_completed} epochs: "
-                f"{_SETTLED[settled]}, and {expected:.3g} escapes expected on the measured "
-                f"pathways in the remaining {remaining_steps:.0f} steps is below 1/compute_cost "
+                f"{_SETTLED[settled].format(settled_as)}, and {expected:.3g} escapes expected on "
+                f"the measured pathways in the remaining {remaining_steps:.0f} steps is below "
+                "1/compute_cost "
                 f"= {1 / self.compute_cost:.3g}, "
                 + (
                     f"for {self.wait_count} consecutive checks"

@@ -225,6 +225,9 @@ def test_a_stall_with_nothing_worth_cooling_for_stops_a_run_whose_loss_still_fal
         assert cb.termination.stopped_epoch == stop
         if stop is not None:
             assert cb.stop_reason is StopReason.COOLING_NOT_WORTH
+            assert "after 4 epochs: stalled on the monitor, and what cooling" in (
+                cb.termination.message
+            )
             assert cb.history[-1]["phase"] == "stalled" and _coolings(cb) == []
 
 
