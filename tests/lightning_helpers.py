@@ -103,8 +103,10 @@ class TinyClassifier(pl.LightningModule):
         scheduler: add a StepLR.
         manual: manual optimization (refused).
         nan_at_step: make the training loss NaN at this global step (a fault).
-        nan_rank: only on this rank, with NaN added as a constant: the loss the callback
-            reads is NaN, but its gradient (and so every rank's parameters) stays finite.
+        nan_rank: only on this rank, with ``bad_value`` added as a constant: the loss the
+            callback reads is not finite, but its gradient (and so every rank's parameters)
+            stays finite.
+        bad_value: what ``nan_rank`` adds: NaN, or an infinity.
     """
 
     def __init__(
@@ -116,12 +118,14 @@ class TinyClassifier(pl.LightningModule):
         manual: bool = False,
         nan_at_step: int | None = None,
         nan_rank: int | None = None,
+        bad_value: float = math.nan,
         per_sample: bool = True,
     ) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
         self.lr, self.momentum, self.optimizer_name = lr, momentum, optimizer
         self.scheduler, self.nan_at_step, self.nan_rank = scheduler, nan_at_step, nan_rank
+        self.bad_value = bad_value
         self.automatic_optimization = not manual
         if not per_sample:
             self.per_sample_loss = None  # type: ignore[assignment]
@@ -137,7 +141,7 @@ class TinyClassifier(pl.LightningModule):
             if self.nan_rank is None:
                 loss = loss * float("nan")
             elif self.global_rank == self.nan_rank:
-                loss = loss + float("nan")
+                loss = loss + self.bad_value
         if not self.automatic_optimization:
             opt = self.optimizers()
             opt.zero_grad()

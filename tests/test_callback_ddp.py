@@ -60,15 +60,16 @@ def test_two_gloo_ranks_hold_identical_estimates_and_decisions(tmp_path):
 
 @pytest.mark.ddp
 @pytest.mark.slow
-def test_a_nan_loss_on_one_rank_stops_every_rank_through_the_strategys_reduce(tmp_path):
-    # Rank 1 alone reads a NaN training loss at step 8 (epoch 1; 6 steps an epoch); its
-    # gradient, and so every rank's parameters, stay finite. Rank 0 learns of the NaN only
-    # through the block sums that strategy.reduce averaged at the epoch end.
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_through_the_strategys_reduce(tmp_path, bad):
+    # Rank 1 alone reads a NaN (or infinite) training loss at step 8 (epoch 1; 6 steps an
+    # epoch); its gradient, and so every rank's parameters, stay finite. Rank 0 learns of it
+    # only through the block sums that strategy.reduce averaged at the epoch end.
     pl.seed_everything(0)
     ranks = _fit_on_two_ranks(
         tmp_path,
         KramersCallback("lr", **FAST),
-        TinyClassifier(nan_at_step=8, nan_rank=1),
+        TinyClassifier(nan_at_step=8, nan_rank=1, bad_value=bad),
         BlobsData(batch_size=16),
     )
     for rank in ranks:
