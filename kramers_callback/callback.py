@@ -343,8 +343,10 @@ class KramersCallback(Callback):
             # Every rank's block sums, averaged: one synchronisation per epoch.
             mean=lambda sums: trainer.strategy.reduce(sums, reduce_op="mean"),
         )
-        stall = self._monitor.epoch_value(trainer) if self.cooling_patience is not None else None
-        self._decision.add_epoch(fresh, statistics, stall)
+        monitored = None
+        if self.cooling_patience is not None:
+            monitored = self._monitor.epoch_value(trainer)
+        self._decision.add_epoch(fresh, statistics, monitored)
         self._decide(trainer, pl_module, optimizer, knobs, fresh, statistics)
 
     def _decide(
