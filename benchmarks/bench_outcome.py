@@ -113,23 +113,17 @@ KRAMERS_OPTIONS: dict[str, dict[str, Any]] = {
     "kramers_hybrid": {"policy": "hybrid", "compute_cost": KRAMERS_COMPUTE_COST},
     "kramers_lr": {"policy": "lr", "compute_cost": KRAMERS_COMPUTE_COST},
     "kramers_default": {},
-    "kramers_hybrid_monitor": {
-        "policy": "hybrid",
-        "compute_cost": KRAMERS_COMPUTE_COST,
-        "monitor": "val_loss",
-        "cooling_patience": 3,
-    },
-    "kramers_lr_monitor": {
-        "policy": "lr",
-        "compute_cost": KRAMERS_COMPUTE_COST,
-        "monitor": "val_loss",
-        "cooling_patience": 3,
-    },
 }
 """The Kramers arms' callbacks: in the first three only ``policy`` and ``compute_cost`` are
 chosen, everything else (overhead budget, probe, limits, ``max_change``, patience, no monitor)
 is the default; the ``_monitor`` arms add the validation loss as ``monitor`` with
 ``cooling_patience``."""
+for _arm in ("kramers_hybrid", "kramers_lr"):
+    KRAMERS_OPTIONS[f"{_arm}_monitor"] = {
+        **KRAMERS_OPTIONS[_arm],
+        "monitor": "val_loss",
+        "cooling_patience": 3,
+    }
 
 SASA_OPTIONS: dict[str, Any] = {
     "drop_factor": 10.0,

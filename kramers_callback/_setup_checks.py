@@ -221,8 +221,7 @@ class MonitorCheck:
 
     def end_validation(self, trainer: pl.Trainer) -> None:
         self.check(trainer, "validation")
-        value = trainer.callback_metrics.get(self.monitor) if self.monitor else None
-        self.measured = None if value is None else float(value)
+        self.measured = self.value(trainer)
 
     def check(self, trainer: pl.Trainer, where: str) -> None:
         if not self.warned:

@@ -15,6 +15,7 @@ from lightning_helpers import (
     DoubleWellDataModule,
     DoubleWellModule,
     DumpHistory,
+    PlateauedClassifier,
     TinyClassifier,
     trainer,
 )
@@ -80,20 +81,6 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_through_the_strategys_re
     assert first == second
 
 
-class RankPlateau(TinyClassifier):
-    """Logs ``val_metric`` without ``sync_dist``: on rank 0 it improves at the first two
-    validations and never after; on rank 1 it improves at every one."""
-
-    def __init__(self) -> None:
-        super().__init__(lr=0.2)
-        self.validations = 0
-
-    def on_validation_epoch_end(self) -> None:
-        self.validations += 1
-        n = self.validations if self.global_rank == 1 else min(self.validations, 2)
-        self.log("val_metric", 1.0 / n)
-
-
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_ranks_cool_alike_on_rank_zeros_monitored_value(tmp_path):
@@ -103,7 +90,11 @@ def test_ranks_cool_alike_on_rank_zeros_monitored_value(tmp_path):
         probe_size=64, max_products=40, verbose=False,
     )  # fmt: skip
     ranks = _fit_on_two_ranks(
-        tmp_path, cb, RankPlateau(), BlobsData(batch_size=8), limit_val_batches=1.0
+        tmp_path,
+        cb,
+        PlateauedClassifier(improving_rank=1),
+        BlobsData(batch_size=8),
+        limit_val_batches=1.0,
     )
     history = ranks[0]["history"]
     # Rank 0's values 1, 0.5, 0.5, 0.5 stall at epoch 3; rank 1's alone never would.

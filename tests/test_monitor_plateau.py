@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from lightning_helpers import BlobsData, StopAfter, TinyClassifier, trainer
+from lightning_helpers import BlobsData, PlateauedClassifier, StopAfter, trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from kramers_callback import KramersCallback
@@ -164,19 +164,6 @@ def test_thermalized_takes_precedence_over_a_stalled_monitor():
 
 
 # -- the callback -------------------------------------------------------------------------------
-class PlateauedClassifier(TinyClassifier):
-    """Logs ``val_metric``, which improves at the first two validations and never after: the
-    monitored metric stalls while the training loss still falls."""
-
-    def __init__(self) -> None:
-        super().__init__(lr=0.2)
-        self.validations = 0
-
-    def on_validation_epoch_end(self) -> None:
-        self.validations += 1
-        self.log("val_metric", 1.0 / min(self.validations, 2))
-
-
 def _fit(cb, *, epochs, callbacks=(), ckpt_path=None, **kwargs):
     pl.seed_everything(0)
     module, data = PlateauedClassifier(), BlobsData(batch_size=16)
