@@ -132,8 +132,9 @@ class DecisionStep:
         monitor: float | None = None,
     ) -> None:
         """Add the epoch's loss blocks, with its running noise, and its monitored value (where
-        it measured one) to the dwell (a new dwell where the epoch trained at other knobs than
-        the dwell's), and ``fresh`` (if good) as the last good."""
+        it measured one, for the plateau test of ``cooling_patience``) to the dwell (a new
+        dwell where the epoch trained at other knobs than the dwell's), and ``fresh`` (if good)
+        as the last good."""
         trained, dwell = self.epoch_knobs, self.dwell_knobs
         if trained is not None:
             if dwell is not None and not _same_temperature(dwell, trained):
@@ -144,7 +145,7 @@ class DecisionStep:
         self.epoch_knobs = None
         noise = statistics.running.noise_trace
         self.dwell.extend(replace(b, noise_trace=noise) for b in statistics.loss_blocks)
-        if monitor is not None:
+        if monitor is not None and self.monitor_signal is not None:
             self.dwell.monitored.append(monitor)
         if fresh is not None and fresh.ok:
             self.last_good = fresh

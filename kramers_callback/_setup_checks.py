@@ -9,6 +9,7 @@ that is supported but approximated gets :func:`adaptive_warning`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -26,6 +27,7 @@ from kramers_callback.policies import PolicyRule
 
 __all__ = [
     "MonitorCheck",
+    "MonitoredValues",
     "adaptive_warning",
     "check_accumulation_owner",
     "check_fit_loop",
@@ -238,10 +240,26 @@ class MonitorCheck:
             self.check(trainer, "training epoch")
         return None if value is None else float(value)
 
-    def epoch_value(self, trainer: pl.Trainer) -> float | None:
-        """Rank 0's value of this epoch: its last validation's where validation runs
-        (``None`` in an epoch without one, ``check_val_every_n_epoch``, where
-        ``callback_metrics`` still holds an older epoch's), else the epoch end's."""
-        value = self.measured if validates(trainer) else self.value(trainer)
-        # A metric logged without sync_dist differs by rank, and ranks must decide alike.
-        return trainer.strategy.broadcast(value, src=0)
+    def epoch_values(self, trainer: pl.Trainer) -> MonitoredValues:
+        """Rank 0's :class:`MonitoredValues` at this epoch end (one broadcast, with a
+        ``monitor``): a metric logged without ``sync_dist`` differs by rank, and ranks must
+        decide alike and checkpoint the same stop-rule state."""
+        if self.monitor is None:
+            return MonitoredValues(None, None)
+        latest = self.value(trainer)
+        this_epoch = self.measured if validates(trainer) else latest
+        latest, this_epoch = trainer.strategy.broadcast((latest, this_epoch), src=0)
+        return MonitoredValues(latest, this_epoch)
+
+
+@dataclass(frozen=True)
+class MonitoredValues:
+    """The monitored metric at an epoch end, as the two readers need it."""
+
+    latest: float | None
+    """What ``callback_metrics`` holds now, an older epoch's where no validation ran this
+    epoch (the stop rule's guard: ``patience > 1`` still counts under
+    ``check_val_every_n_epoch``)."""
+    this_epoch: float | None
+    """The epoch's last validation's value, ``None`` in an epoch without one, else the epoch
+    end's (the plateau test of ``cooling_patience``)."""

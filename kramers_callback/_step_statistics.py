@@ -25,7 +25,13 @@ from kramers_callback._validation import all_finite
 from kramers_callback.noise.running import RunningNoiseEstimator
 from kramers_callback.observation import LossBlock, RunningNoise, usable_running_noise
 
-__all__ = ["EpochStatistics", "StepStatistics"]
+__all__ = ["SKIPPED_WINDOWS_NOTE", "EpochStatistics", "StepStatistics"]
+
+SKIPPED_WINDOWS_NOTE = (
+    "KramersCallback: the running noise estimate was skipped at steps whose window would span "
+    "more samples than the data set; the last estimate's noise was used."
+)
+"""Said once at fit end where :attr:`StepStatistics.skipped`."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from dataclasses import fields
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -31,10 +30,10 @@ from kramers_callback._callback_state import (
 from kramers_callback._decision_step import DecisionStep, knobs_of
 from kramers_callback._estimate_schedule import EstimateSchedule
 from kramers_callback._probe import LossFn
-from kramers_callback._step_statistics import EpochStatistics, StepStatistics
+from kramers_callback._step_statistics import SKIPPED_WINDOWS_NOTE, StepStatistics
 from kramers_callback.estimate import KramersEstimate
-from kramers_callback.metrics import METRICS, epoch_metrics, history_entry, publish
-from kramers_callback.observation import EstimateSummary, Horizon, Knobs, Observation
+from kramers_callback.metrics import METRICS, record_epoch
+from kramers_callback.observation import Horizon, Observation
 from kramers_callback.policies import policy_rule
 from kramers_callback.regime import RegimeDecision
 from kramers_callback.report_loggers import log_report_figure
@@ -72,13 +71,9 @@ class KramersCallback(Callback):
     5. *Log* :data:`METRICS` (``trainer.callback_metrics``, every logger, the progress bar) and
        one :attr:`history` entry; at fit end the report figure goes to the image loggers.
 
-    **Budget and time**: ``τ`` is ``max_epochs`` or ``max_steps``, whichever ends first; the
-    estimates' measured time stays within ``overhead_budget`` of training's (README, "Limits").
-    **Batch size**: through ``batch_size_attr`` where ``train_dataloader()`` reads it, else
-    ``trainer.accumulate_grad_batches`` (README, "Use"). **Learning rate**: one factor for
-    every parameter group; the Adam family through a diagonal preconditioner (README,
-    "Limits"). **Checkpoints**: a resume continues the run, also from inside an epoch (README,
-    "Checkpoints and resume").
+    ``τ`` is ``max_epochs`` or ``max_steps``, whichever ends first. ``B`` moves through
+    ``batch_size_attr``, else ``accumulate_grad_batches``; ``η`` by one factor for every
+    parameter group. A resume continues the run, also from inside an epoch (README).
 
     Args:
         policy: ``"observe"``, ``"lr"``, ``"batch"`` or ``"hybrid"``
@@ -343,25 +338,10 @@ class KramersCallback(Callback):
             # Every rank's block sums, averaged: one synchronisation per epoch.
             mean=lambda sums: trainer.strategy.reduce(sums, reduce_op="mean"),
         )
-        monitored = None
-        if self.cooling_patience is not None:
-            monitored = self._monitor.epoch_value(trainer)
-        self._decision.add_epoch(fresh, statistics, monitored)
-        self._decide(trainer, pl_module, optimizer, knobs, fresh, statistics)
-
-    def _decide(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        optimizer: torch.optim.Optimizer,
-        knobs: Knobs,
-        fresh: EstimateSummary | None,
-        statistics: EpochStatistics,
-    ) -> None:
-        """Observe → signals → policy → actuators → stop rule → metrics and history."""
-        steps, batches = self._steps, self._batches
-        assert batches.layout is not None
-        epoch = trainer.current_epoch
+        monitored = self._monitor.epoch_values(trainer)
+        self._decision.add_epoch(fresh, statistics, monitored.this_epoch)
+        # Observe → signals → policy → actuators → stop rule → metrics and history.
+        steps, batches, epoch = self._steps, self._batches, trainer.current_epoch
         observation = self._decision.observe(
             epoch=epoch,
             horizon=Horizon.of_run(
@@ -375,7 +355,7 @@ class KramersCallback(Callback):
             knobs=knobs,
             fresh=fresh,
             statistics=statistics,
-            monitor=self._monitor.value(trainer),
+            monitor=monitored.latest,
         )
         limits = self._decision.limits(
             knobs,
@@ -391,17 +371,14 @@ class KramersCallback(Callback):
         layout = batches.apply(trainer, pl_module, optimizer, knobs=knobs, decision=decision)
         stop = self._stop(trainer, observation, regime)
         self._decision.note_applied(regime)
-        lr, batch = optim_io.lr_of(optimizer), layout.samples_per_step
-        metrics = epoch_metrics(observation, regime, lr=lr, batch_size=batch, budget=self.budget)
-        publish(trainer, metrics)
-        entry = history_entry(
+        entry = record_epoch(
+            trainer,
             observation,
             regime,
-            step=trainer.global_step,
-            lr=lr,
-            batch_size=batch,
+            lr=optim_io.lr_of(optimizer),
+            batch_size=layout.samples_per_step,
             stop=stop,
-            metrics=metrics,
+            budget=self.budget,
         )
         self.history.append(entry)
         if self.report_at_estimates and fresh is not None and fresh.ok:
@@ -434,11 +411,7 @@ class KramersCallback(Callback):
             if self.history:
                 self._log_report(trainer)
             if self._steps.skipped and self.verbose:
-                rank_zero_info(
-                    "KramersCallback: the running noise estimate was skipped at steps whose "
-                    "window would span more samples than the data set; the last estimate's "
-                    "noise was used."
-                )
+                rank_zero_info(SKIPPED_WINDOWS_NOTE)
         finally:
             # Ranks leave the fit together, also when rank 0's report (drawn on rank 0 alone,
             # for image loggers) takes time or fails. Under ddp_spawn on gloo, without this

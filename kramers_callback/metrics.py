@@ -2,7 +2,7 @@
 the progress bar and the loggers.
 
 :func:`epoch_metrics` and :func:`history_entry` are pure (an observation and its decision
-record in, plain floats out); :func:`publish` is the Lightning glue.
+record in, plain floats out); :func:`publish` and :func:`record_epoch` are the Lightning glue.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "epoch_metrics",
     "history_entry",
     "publish",
+    "record_epoch",
 ]
 
 _ESTIMATE_NUMBERS = (
@@ -179,3 +180,28 @@ def publish(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
     for logger in trainer.loggers:  # loggers write on rank 0 only
         logger.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=trainer.global_step)
         logger.save()
+
+
+def record_epoch(
+    trainer: pl.Trainer,
+    observation: Observation,
+    regime: RegimeDecision,
+    *,
+    lr: float,
+    batch_size: int,
+    stop: bool,
+    budget: OverheadBudget,
+) -> dict[str, Any]:
+    """Publish the epoch end's :func:`epoch_metrics` and return its :func:`history_entry`
+    (``lr`` and ``batch_size``: the settings after the decision)."""
+    metrics = epoch_metrics(observation, regime, lr=lr, batch_size=batch_size, budget=budget)
+    publish(trainer, metrics)
+    return history_entry(
+        observation,
+        regime,
+        step=trainer.global_step,
+        lr=lr,
+        batch_size=batch_size,
+        stop=stop,
+        metrics=metrics,
+    )

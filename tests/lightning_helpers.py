@@ -266,6 +266,7 @@ class DumpHistory(pl.Callback):
             },
             "lr": [g["lr"] for g in trainer.optimizers[0].param_groups],
             "stop_reason": kramers.stop_reason.value,
+            "termination": kramers.termination.state_dict(),
             "params": flat_parameters(pl_module).tolist(),
         }
         path = os.path.join(self.directory, f"rank{trainer.global_rank}.json")

@@ -83,7 +83,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_through_the_strategys_re
 
 @pytest.mark.ddp
 @pytest.mark.slow
-def test_ranks_cool_alike_on_rank_zeros_monitored_value(tmp_path):
+def test_ranks_cool_and_guard_the_stop_alike_on_rank_zeros_monitored_value(tmp_path):
     pl.seed_everything(0)
     cb = KramersCallback(
         "lr", monitor="val_metric", cooling_patience=2, overhead_budget=math.inf,
@@ -100,5 +100,9 @@ def test_ranks_cool_alike_on_rank_zeros_monitored_value(tmp_path):
     # Rank 0's values 1, 0.5, 0.5, 0.5 stall at epoch 3; rank 1's alone never would.
     assert [h["phase"] for h in history] == ["descending"] * 3 + ["stalled"]
     assert history[3]["lr"] == history[3]["lr_before"] / 2
-    first, second = (json.dumps(rank["history"], sort_keys=True) for rank in ranks)
-    assert first == second
+    # The stop rule's guard keeps rank 0's best too (rank 1's own would be 1/4), so a resume
+    # from rank 0's checkpoint continues every rank's state.
+    assert ranks[0]["termination"]["best"] == 0.5
+    for key in ("history", "termination"):
+        first, second = (json.dumps(rank[key], sort_keys=True) for rank in ranks)
+        assert first == second, key
