@@ -261,5 +261,6 @@ class MonitoredValues:
     epoch (the stop rule's guard: ``patience > 1`` still counts under
     ``check_val_every_n_epoch``)."""
     this_epoch: float | None
-    """The epoch's last validation's value, ``None`` in an epoch without one, else the epoch
-    end's (the plateau test of ``cooling_patience``)."""
+    """Where the fit validates, the epoch's last validation's value (``None`` in an epoch
+    without one); where it has no validation loop, the epoch end's (the plateau test of
+    ``cooling_patience``)."""

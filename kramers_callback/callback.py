@@ -72,8 +72,9 @@ class KramersCallback(Callback):
        one :attr:`history` entry; at fit end the report figure goes to the image loggers.
 
     ``τ`` is ``max_epochs`` or ``max_steps``, whichever ends first. ``B`` moves through
-    ``batch_size_attr``, else ``accumulate_grad_batches``; ``η`` by one factor for every
-    parameter group. A resume continues the run, also from inside an epoch (README).
+    ``batch_size_attr`` where ``train_dataloader()`` reads it, else ``accumulate_grad_batches``;
+    ``η`` by one factor for every parameter group. A resume continues the run, also from
+    inside an epoch (README).
 
     Args:
         policy: ``"observe"``, ``"lr"``, ``"batch"`` or ``"hybrid"``

@@ -77,7 +77,9 @@ class TerminationRule:
     Guards: training stops only when the condition (and, with a monitor, "the monitored value
     did not improve by more than ``min_delta`` on its best so far") has held at ``patience``
     consecutive checks, and only once ``min_epochs`` epochs are complete. A check without a
-    monitored value (validation did not run) counts as "still improving": it never stops.
+    monitored value (none logged yet, as before the first validation) counts as "still
+    improving": it never stops. (In an epoch without validation the callback passes the last
+    logged value, so ``patience > 1`` still counts under ``check_val_every_n_epoch``.)
 
     Args:
         compute_cost: ``c ≥ 0``.
@@ -120,7 +122,7 @@ class TerminationRule:
     def _improved(self, value: float | None) -> bool:
         """Whether ``value`` beats the best by more than ``min_delta`` (and record it)."""
         if value is None:
-            return True  # missing (validation did not run): never stop on it
+            return True  # none logged yet: never stop on it
         if improves(value, self.best, min_delta=self.min_delta, mode=self.mode):
             self.best = value
             return True
